@@ -1,0 +1,158 @@
+//! HTTP only: the registry API under `/v2`, health endpoints, and the middleware stack.
+//!
+//! Handlers parse requests into typed values, call one `service::Registry` method and render the
+//! answer; no SQL, storage or cache calls happen here. Only this module (and `app`) imports axum
+//! and tower-http.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::service::Registry;
+
+pub mod oci;
+
+use oci::error::{InternalCause, error_body};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What handlers share.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The registry use cases.
+    pub registry: Registry,
+    /// False while starting up and once shutdown has begun.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Builds the whole HTTP application.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v2", any(oci::dispatch))
+        .route("/v2/", any(oci::dispatch))
+        .route("/v2/{*rest}", any(oci::dispatch))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(fallback)
+        .with_state(state)
+        // Layers run outermost-last: the request id is set first and seen by everything inside.
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        ))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(log_errors))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        route = tracing::field::Empty,
+                        repo.name = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        duration_ms = latency.as_secs_f64() * 1000.0,
+                        "request finished"
+                    );
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Logs the cause of every 5xx once, with the request id, and keeps it out of the body.
+async fn log_errors(req: Request, next: Next) -> Response {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut res = next.run(req).await;
+    if res.status().is_server_error() {
+        let cause = res
+            .extensions_mut()
+            .remove::<InternalCause>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| "no cause recorded".into());
+        tracing::error!(request_id = %id, status = res.status().as_u16(), error = %cause, "request failed");
+        let code = if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            "UNAVAILABLE"
+        } else {
+            "UNKNOWN"
+        };
+        let message = format!("{}; request id {id}", canonical_message(res.status()));
+        let (mut parts, _) = res.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res = Response::from_parts(parts, Body::from(error_body(code, &message, None)));
+    }
+    res
+}
+
+fn canonical_message(status: StatusCode) -> &'static str {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        "service unavailable, retry later"
+    } else {
+        "internal server error"
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let mut res = (StatusCode::INTERNAL_SERVER_ERROR, "").into_response();
+    res.extensions_mut()
+        .insert(InternalCause("handler panicked".into()));
+    res
+}
+
+async fn fallback() -> Response {
+    oci::OciError::not_found().into_response()
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: started, not shutting down, and the metadata store and storage answer.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down or starting").into_response();
+    }
+    match state.registry.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "dependencies unavailable").into_response()
+        }
+    }
+}

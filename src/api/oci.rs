@@ -1,0 +1,173 @@
+//! The OCI Distribution API (`/v2/`): one dispatcher parses the path into an `OciRoute`, asks the
+//! registry's single access-decision step, and calls the handler for the (method, route) pair.
+//! Handlers are thin: parse, call one `Registry` method, render.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::ApiState;
+use crate::oci::{Digest, RefError, Reference};
+use crate::service::{Action, Principal};
+
+mod blobs;
+pub mod error;
+mod listing;
+mod manifests;
+pub mod route;
+mod uploads;
+
+pub use error::OciError;
+use route::{OciRoute, RouteError};
+
+/// The result type of handlers.
+type HandlerResult = Result<Response, OciError>;
+
+/// Entry point for every `/v2` request.
+pub async fn dispatch(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let route = match OciRoute::parse(uri.path()) {
+        Ok(r) => r,
+        Err(RouteError::NotFound) => return OciError::not_found().into_response(),
+        Err(RouteError::Name(e)) => return OciError::name_invalid(e).into_response(),
+    };
+    let span = tracing::Span::current();
+    span.record("route", route.label());
+    if let Some(repo) = route.repo() {
+        span.record("repo.name", repo.as_str());
+    }
+    let query = Query::parse(uri.query());
+    // Authentication arrives with the auth issue; every request is anonymous until then.
+    let principal = Principal::Anonymous;
+    handle(&state, &principal, &method, route, &query, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn handle(
+    state: &ApiState,
+    principal: &Principal,
+    method: &Method,
+    route: OciRoute,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> HandlerResult {
+    let reg = &state.registry;
+    let action = match *method {
+        Method::GET | Method::HEAD => Action::Pull,
+        Method::DELETE if !matches!(route, OciRoute::Upload(..)) => Action::Delete,
+        _ => Action::Push,
+    };
+    match &route {
+        OciRoute::Catalog => reg.authorize_catalog(principal).await?,
+        other => {
+            if let Some(repo) = other.repo() {
+                reg.authorize(principal, repo, action).await?;
+            }
+        }
+    }
+    let head = *method == Method::HEAD;
+    match (method.clone(), route) {
+        (Method::GET | Method::HEAD, OciRoute::Base) => Ok(base()),
+        (Method::GET, OciRoute::Catalog) => listing::catalog(reg, query).await,
+        (Method::GET, OciRoute::Tags(repo)) => listing::list_tags(reg, &repo, query).await,
+        (Method::GET | Method::HEAD, OciRoute::Manifest(repo, r)) => {
+            manifests::get_manifest(reg, &repo, &r, headers, head).await
+        }
+        (Method::PUT, OciRoute::Manifest(repo, r)) => {
+            manifests::put_manifest(reg, &repo, &r, headers, body).await
+        }
+        (Method::DELETE, OciRoute::Manifest(repo, r)) => {
+            manifests::delete_manifest(reg, &repo, &r).await
+        }
+        (Method::GET | Method::HEAD, OciRoute::Blob(repo, d)) => {
+            blobs::get_blob(reg, &repo, &d, headers, head).await
+        }
+        (Method::DELETE, OciRoute::Blob(repo, d)) => blobs::delete_blob(reg, &repo, &d).await,
+        (Method::POST, OciRoute::UploadStart(repo)) => {
+            uploads::start_upload(reg, principal, &repo, query, headers, body).await
+        }
+        (Method::GET, OciRoute::Upload(repo, id)) => uploads::get_upload(reg, &repo, &id).await,
+        (Method::PATCH, OciRoute::Upload(repo, id)) => {
+            uploads::patch_upload(reg, &repo, &id, headers, body).await
+        }
+        (Method::PUT, OciRoute::Upload(repo, id)) => {
+            uploads::complete_upload(reg, &repo, &id, query, headers, body).await
+        }
+        (Method::DELETE, OciRoute::Upload(repo, id)) => {
+            uploads::cancel_upload(reg, &repo, &id).await
+        }
+        (Method::GET, OciRoute::Referrers(repo, d)) => {
+            manifests::get_referrers(reg, &repo, &d, query).await
+        }
+        _ => Err(OciError::method_not_allowed()),
+    }
+}
+
+/// end-1: `GET /v2/`
+fn base() -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        "{}",
+    )
+        .into_response()
+}
+
+/// Decoded query parameters.
+#[derive(Debug, Default)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Self {
+        Query(
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The first value of `key`.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, OciError> {
+    s.parse::<Digest>().map_err(OciError::digest_invalid)
+}
+
+fn parse_reference(s: &str) -> Result<Reference, OciError> {
+    Reference::parse(s).map_err(|e| match e {
+        RefError::Digest(d) => OciError::digest_invalid(d),
+        RefError::Tag(t) => OciError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            format!("invalid tag: {t}"),
+        ),
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Builds a header value from text we produced ourselves (digests, paths, numbers).
+fn hv(s: impl AsRef<str>) -> HeaderValue {
+    HeaderValue::from_str(s.as_ref()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}

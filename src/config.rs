@@ -1,0 +1,404 @@
+//! Configuration: plain serde structs, loaded as defaults < TOML file < `AERUGO_<SECTION>__<KEY>`
+//! environment variables, then validated.
+//!
+//! A leaf module: it depends on nothing else in the crate. Unknown keys and bad values stop startup
+//! with a message that names the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Metadata database settings.
+    pub database: DatabaseConfig,
+    /// Blob storage settings.
+    pub storage: StorageConfig,
+    /// Registry behaviour.
+    pub registry: RegistryConfig,
+    /// Size limits.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// HTTP server settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen_address: SocketAddr,
+    /// The URL clients use to reach this registry (behind a load balancer, its URL). Empty: derived
+    /// from the request.
+    pub public_url: String,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_grace_seconds: u64,
+    /// Seconds a request without a blob body may take before it is answered with 503.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: String::new(),
+            shutdown_grace_seconds: 30,
+            request_timeout_seconds: 60,
+        }
+    }
+}
+
+/// Metadata database settings.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://<path>` (embedded) or `postgres://…` (PostgreSQL/CockroachDB).
+    pub url: String,
+    /// Maximum number of pooled connections.
+    pub max_connections: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./aerugo-data/aerugo.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host/…` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Which blob backend to use.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageType {
+    /// A local directory.
+    Fs,
+    /// Process memory (lost on exit; for tests).
+    Memory,
+}
+
+/// Blob storage settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Backend type.
+    #[serde(rename = "type")]
+    pub kind: StorageType,
+    /// Root directory for `fs`.
+    pub root: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: StorageType::Fs,
+            root: PathBuf::from("./aerugo-data/blobs"),
+        }
+    }
+}
+
+/// Registry behaviour switches.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Whether manifest, tag and blob deletes are allowed (405 `UNSUPPORTED` otherwise).
+    pub delete_enabled: bool,
+    /// Page size of tag and catalog listings when the client gives no `n`.
+    pub default_page_size: u32,
+    /// Largest page a client may ask for; larger `n` are clamped and continue through `Link`.
+    pub max_page_size: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            delete_enabled: true,
+            default_page_size: 1000,
+            max_page_size: 10_000,
+        }
+    }
+}
+
+/// Size limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest manifest accepted, in bytes (413 above it).
+    pub manifest_max_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            manifest_max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter directives, e.g. `info` or `aerugo=debug,tower_http=info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing or merging failed; the message names the key.
+    #[error("configuration error: {0}")]
+    Load(String),
+    /// A value is out of range.
+    #[error("configuration error: {key}: {message}")]
+    Invalid {
+        /// The key, e.g. `limits.manifest_max_bytes`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Where a configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// SQLite at this path.
+    Sqlite(PathBuf),
+    /// PostgreSQL or CockroachDB.
+    Postgres,
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if given), then `AERUGO_*__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // Only `AERUGO_<SECTION>__<KEY>` variables are configuration; others with the prefix
+        // (`AERUGO_LOG`, test settings) are not, and must not trip the unknown-key check.
+        let env = Env::prefixed("AERUGO_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(|e| {
+            let mut parts = Vec::new();
+            for err in e {
+                let key = err.path.join(".");
+                let source = err
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.source.as_ref().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let kind = err.kind.to_string();
+                let mut msg = if key.is_empty() {
+                    kind
+                } else {
+                    format!("{key}: {kind}")
+                };
+                if !source.is_empty() {
+                    msg.push_str(&format!(" (from {source})"));
+                }
+                parts.push(msg);
+            }
+            ConfigError::Load(parts.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.database_kind()?;
+        if self.limits.manifest_max_bytes < 4 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.manifest_max_bytes",
+                message: "must be at least 4194304 (4 MiB), the spec's minimum".into(),
+            });
+        }
+        if self.registry.default_page_size == 0 || self.registry.max_page_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "registry.default_page_size",
+                message: "page sizes must be positive".into(),
+            });
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "database.max_connections",
+                message: "must be positive".into(),
+            });
+        }
+        let url = &self.server.public_url;
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://")
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.public_url",
+                message: "must start with http:// or https://".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Which metadata backend `database.url` selects.
+    pub fn database_kind(&self) -> Result<DatabaseKind, ConfigError> {
+        let url = &self.database.url;
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "database.url",
+                    message: "sqlite:// needs a path, e.g. sqlite://./aerugo-data/aerugo.db".into(),
+                });
+            }
+            Ok(DatabaseKind::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseKind::Postgres)
+        } else {
+            Err(ConfigError::Invalid {
+                key: "database.url",
+                message: format!(
+                    "unsupported scheme in {:?}; use sqlite://<path> or postgres://…",
+                    redact_url(url)
+                ),
+            })
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        copy.database.url = redact_url(&copy.database.url);
+        toml::to_string_pretty(&copy).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen_address.to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            c.database_kind().unwrap(),
+            DatabaseKind::Sqlite(PathBuf::from("./aerugo-data/aerugo.db"))
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+        let mut c = Config::default();
+        c.database.url = "postgres://u:hunter2@h/db".into();
+        assert!(!c.to_redacted_toml().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn file_and_env_layers() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "a.toml",
+                "[server]\nlisten_address = \"127.0.0.1:5000\"\n[limits]\nmanifest_max_bytes = 8388608\n",
+            )?;
+            jail.set_env("AERUGO_SERVER__LISTEN_ADDRESS", "127.0.0.1:6000");
+            jail.set_env("AERUGO_LOG", "debug");
+            let c = Config::load(Some(Path::new("a.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen_address.to_string(), "127.0.0.1:6000");
+            assert_eq!(c.limits.manifest_max_bytes, 8 * 1024 * 1024);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[server]\nlisten_adress = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("a.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listen_adress"), "{err}");
+            jail.create_file("b.toml", "")?;
+            jail.set_env("AERUGO_SERVER__LISTEN_ADDRESS", "not-an-address");
+            let err = Config::load(Some(Path::new("b.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listen_address"), "{err}");
+            jail.set_env("AERUGO_SERVER__LISTEN_ADDRESS", "127.0.0.1:1");
+            jail.set_env("AERUGO_STORAGE__TYPE", "floppy");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.type"), "{err}");
+            jail.set_env("AERUGO_STORAGE__TYPE", "fs");
+            jail.set_env("AERUGO_DATABASE__URL", "mysql://x");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("database.url"), "{err}");
+            Ok(())
+        });
+    }
+}

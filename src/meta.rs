@@ -1,0 +1,243 @@
+//! The metadata store: repositories, blobs and their links, manifests, tags and upload sessions.
+//!
+//! [`MetaStore`] is backend-neutral; `sqlite` implements it for the embedded default. All SQL of the
+//! crate lives under this module, and only this module touches database drivers.
+//! Invariants every backend keeps, each inside one transaction:
+//! - a manifest is stored only if every blob it references is linked to its repository and every
+//!   child manifest is in its repository;
+//! - a blob linked from a manifest cannot be unlinked, and a manifest listed by an index cannot be
+//!   deleted, while the referencing manifest exists;
+//! - an upload advances only from the offset the caller read (compare-and-set), so concurrent or
+//!   replayed chunks can never interleave.
+//!
+//! Must not depend on `service`, `storage` or `api`.
+
+use async_trait::async_trait;
+
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+pub mod migrate;
+pub mod sqlite;
+
+/// Errors of the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database cannot be reached or is shutting down; retrying later may work.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value is not what this version of Aerugo wrote.
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    /// Any other database failure.
+    #[error("metadata store error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A stored blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRow {
+    /// Content digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where the bytes live in blob storage.
+    pub storage_key: String,
+}
+
+/// One stored piece of an upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadPart {
+    /// Offset of the first byte of this part within the blob.
+    pub start: u64,
+    /// Bytes in this part.
+    pub size: u64,
+    /// Where the part lives in blob storage.
+    pub storage_key: String,
+}
+
+/// An upload session.
+#[derive(Clone, Debug)]
+pub struct UploadRow {
+    /// Session id.
+    pub id: String,
+    /// Bytes accepted so far.
+    pub offset: u64,
+    /// Serialized hash state after `offset` bytes.
+    pub hash_state: Vec<u8>,
+    /// Stored parts, in offset order.
+    pub parts: Vec<UploadPart>,
+}
+
+/// A stored manifest.
+#[derive(Clone, Debug)]
+pub struct ManifestRow {
+    /// Digest of the payload.
+    pub digest: Digest,
+    /// Media type it was pushed with.
+    pub media_type: String,
+    /// The exact pushed bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A manifest to store.
+#[derive(Clone, Debug)]
+pub struct NewManifest {
+    /// Digest of the payload.
+    pub digest: Digest,
+    /// Media type.
+    pub media_type: String,
+    /// The exact pushed bytes.
+    pub payload: Vec<u8>,
+    /// The `subject` digest, for the referrers API.
+    pub subject: Option<Digest>,
+    /// Artifact type, for the referrers API.
+    pub artifact_type: Option<String>,
+    /// Annotations as JSON text, for the referrers API.
+    pub annotations: Option<String>,
+    /// Blobs the manifest references (must be linked to the repository).
+    pub blobs: Vec<Digest>,
+    /// Child manifests (must be in the repository).
+    pub children: Vec<Digest>,
+    /// Tag to point at the manifest, when pushed by tag.
+    pub tag: Option<Tag>,
+}
+
+/// A blob to record after a verified upload.
+#[derive(Clone, Debug)]
+pub struct NewBlob {
+    /// Verified digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where the bytes live.
+    pub storage_key: String,
+}
+
+/// The result of recording a verified blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobCommit {
+    /// The blob is new; its bytes are the ones just uploaded.
+    Inserted,
+    /// The content already existed; the existing row wins and the new bytes are redundant.
+    AlreadyPresent(BlobRow),
+}
+
+/// The result of storing a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutManifest {
+    /// Stored (or already present), and the tag (if any) points at it.
+    Stored,
+    /// Refused: these blobs or child manifests are not in the repository.
+    MissingReferences(Vec<Digest>),
+}
+
+/// The result of a delete that other content may block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delete {
+    /// Deleted.
+    Deleted,
+    /// Nothing to delete.
+    NotFound,
+    /// Still referenced by these manifests of the repository.
+    Referenced(Vec<Digest>),
+}
+
+/// A manifest that refers to a subject.
+#[derive(Clone, Debug)]
+pub struct ReferrerRow {
+    /// The referrer's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size.
+    pub size: u64,
+    /// Its artifact type.
+    pub artifact_type: Option<String>,
+    /// Its annotations as JSON text.
+    pub annotations: Option<String>,
+}
+
+/// The metadata store contract. Implementations are cheap to clone behind an `Arc`.
+#[async_trait]
+pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Whether the repository exists.
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
+    /// Repository names after `after` in lexical order, at most `limit`.
+    async fn list_repositories(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>>;
+
+    /// The blob, if it is linked to the repository.
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobRow>>;
+    /// The blob, wherever it is linked.
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRow>>;
+    /// Links a blob that `from` holds to `to` (creating `to`); `None` when `from` does not hold it.
+    async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRow>>;
+    /// Unlinks a blob from a repository unless a manifest there references it.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Delete>;
+
+    /// Starts an upload session (creating the repository).
+    async fn create_upload(&self, repo: &RepoName, id: &str, hash_state: &[u8]) -> Result<()>;
+    /// The upload session, if it exists in this repository.
+    async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<UploadRow>>;
+    /// Records a stored part and the new hash state, if the session is still at `expected_offset`.
+    async fn advance_upload(
+        &self,
+        id: &str,
+        expected_offset: u64,
+        part: &UploadPart,
+        hash_state: &[u8],
+    ) -> Result<bool>;
+    /// Deletes the session and returns it (with its parts), if it existed in this repository.
+    async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<UploadRow>>;
+    /// Ends the session (if still at `expected_offset`) and records the verified blob, linked to
+    /// the repository, in one transaction. `None` when the session is gone or has moved on.
+    async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        expected_offset: u64,
+        blob: &NewBlob,
+    ) -> Result<Option<BlobCommit>>;
+
+    /// Stores a manifest, its references and its tag in one transaction.
+    async fn put_manifest(&self, repo: &RepoName, manifest: &NewManifest) -> Result<PutManifest>;
+    /// A manifest by tag or digest.
+    async fn manifest(&self, repo: &RepoName, reference: &Reference)
+    -> Result<Option<ManifestRow>>;
+    /// Removes a tag; `false` when it did not exist.
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Deletes a manifest and every tag pointing at it, unless an index references it.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Delete>;
+    /// Tags after `after` in lexical order, at most `limit`; `None` when the repository is unknown.
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Vec<String>>>;
+    /// Manifests whose subject is `subject`; `None` when the repository is unknown.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<ReferrerRow>>>;
+}
+
+/// Milliseconds since the Unix epoch, the time unit of stored timestamps.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

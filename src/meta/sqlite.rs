@@ -1,0 +1,774 @@
+//! The embedded metadata backend: SQLite in WAL mode through `rusqlite`.
+//!
+//! One writer connection (SQLite allows one writer at a time; `BEGIN IMMEDIATE` makes every write
+//! transaction take the lock up front, so transactions never deadlock or need a retry) and a small
+//! pool of reader connections, which WAL lets run alongside the writer. Every call runs on the
+//! blocking thread pool so no async worker waits on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::migrate::{Migration, SQLITE};
+use super::{
+    BlobCommit, BlobRow, Delete, Error, ManifestRow, MetaStore, NewBlob, NewManifest, PutManifest,
+    ReferrerRow, Result, UploadPart, UploadRow, now_millis,
+};
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The SQLite metadata store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::DiskFull
+            ) =>
+        {
+            Error::Unavailable(e.to_string())
+        }
+        _ => Error::Database(Box::new(e)),
+    }
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(db_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(db_err)?;
+    Ok(conn)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn parse_digest(s: String) -> Result<Digest> {
+    s.parse()
+        .map_err(|e| Error::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let mut writer = open(&path)?;
+            apply_migrations(&mut writer, SQLITE)?;
+            Ok(SqliteStore {
+                inner: Arc::new(Inner {
+                    path,
+                    writer: Mutex::new(writer),
+                    readers: Mutex::new(Vec::new()),
+                }),
+            })
+        })
+        .await
+        .map_err(|e| Error::Database(Box::new(e)))?
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().map_err(poisoned)?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open(&inner.path)?,
+            };
+            let out = f(&conn).map_err(db_err);
+            let mut idle = inner.readers.lock().map_err(poisoned)?;
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| Error::Database(Box::new(e)))?
+    }
+
+    /// Runs `f` in an immediate write transaction on the blocking pool; commits when `f` succeeds.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(poisoned)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let out = f(&tx).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Database(Box::new(e)))?
+    }
+}
+
+fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
+    Error::Unavailable("a database connection was poisoned by a panic".into())
+}
+
+/// Applies the migrations not yet recorded. `BEGIN IMMEDIATE` serializes concurrent starters.
+fn apply_migrations(conn: &mut Connection, migrations: &[Migration]) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(db_err)?;
+    for m in migrations {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let done: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [m.version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if done.is_none() {
+            tx.execute_batch(m.sql).map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![m.version, m.name, now_millis()],
+            )
+            .map_err(db_err)?;
+            tracing::info!(migration = m.name, "applied migration");
+        }
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+fn ensure_repo(tx: &Connection, repo: &str) -> rusqlite::Result<String> {
+    if let Some(id) = repo_id(tx, repo)? {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    tx.execute(
+        "INSERT INTO repositories (id, name, created_at) VALUES (?1, ?2, ?3)",
+        params![id, repo, now_millis()],
+    )?;
+    Ok(id)
+}
+
+fn link_blob(tx: &Connection, repo_id: &str, digest: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO repository_blobs (repo_id, digest, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (repo_id, digest) DO NOTHING",
+        params![repo_id, digest, now_millis()],
+    )?;
+    Ok(())
+}
+
+type RawBlob = (String, i64, String);
+
+fn blob_row(raw: RawBlob) -> Result<BlobRow> {
+    Ok(BlobRow {
+        digest: parse_digest(raw.0)?,
+        size: to_u64(raw.1),
+        storage_key: raw.2,
+    })
+}
+
+fn upload_parts(conn: &Connection, id: &str) -> rusqlite::Result<Vec<UploadPart>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT start_offset, size, storage_key FROM upload_parts
+         WHERE upload_id = ?1 ORDER BY start_offset",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(UploadPart {
+            start: to_u64(r.get(0)?),
+            size: to_u64(r.get(1)?),
+            storage_key: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn load_upload(conn: &Connection, repo: &str, id: &str) -> rusqlite::Result<Option<UploadRow>> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT u.byte_offset, u.hash_state FROM uploads u
+             JOIN repositories r ON r.id = u.repo_id
+             WHERE u.id = ?1 AND r.name = ?2",
+            [id, repo],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((offset, hash_state)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(UploadRow {
+        id: id.to_owned(),
+        offset: to_u64(offset),
+        hash_state,
+        parts: upload_parts(conn, id)?,
+    }))
+}
+
+fn remove_upload(tx: &Connection, id: &str) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [id])?;
+    tx.execute("DELETE FROM uploads WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+fn digests(rows: Vec<String>) -> Result<Vec<Digest>> {
+    rows.into_iter().map(parse_digest).collect()
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
+        let repo = repo.as_str().to_owned();
+        self.read(move |c| Ok(repo_id(c, &repo)?.is_some())).await
+    }
+
+    async fn list_repositories(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobRow>> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        let raw: Option<RawBlob> = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT b.digest, b.size, b.storage_key FROM blobs b
+                     JOIN repository_blobs rb ON rb.digest = b.digest
+                     JOIN repositories r ON r.id = rb.repo_id
+                     WHERE r.name = ?1 AND b.digest = ?2",
+                    [repo, digest],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+            })
+            .await?;
+        raw.map(blob_row).transpose()
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRow>> {
+        let digest = digest.as_str().to_owned();
+        let raw: Option<RawBlob> = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT digest, size, storage_key FROM blobs WHERE digest = ?1",
+                    [digest],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+            })
+            .await?;
+        raw.map(blob_row).transpose()
+    }
+
+    async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRow>> {
+        let (from, to, digest) = (
+            from.as_str().to_owned(),
+            to.as_str().to_owned(),
+            digest.as_str().to_owned(),
+        );
+        let raw: Option<RawBlob> = self
+            .write(move |tx| {
+                let raw: Option<RawBlob> = tx
+                    .query_row(
+                        "SELECT b.digest, b.size, b.storage_key FROM blobs b
+                         JOIN repository_blobs rb ON rb.digest = b.digest
+                         JOIN repositories r ON r.id = rb.repo_id
+                         WHERE r.name = ?1 AND b.digest = ?2",
+                        [&from, &digest],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if raw.is_some() {
+                    let to_id = ensure_repo(tx, &to)?;
+                    link_blob(tx, &to_id, &digest)?;
+                }
+                Ok(raw)
+            })
+            .await?;
+        raw.map(blob_row).transpose()
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Delete> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        let (outcome, referencing) = self
+            .write(move |tx| {
+                let Some(id) = repo_id(tx, &repo)? else {
+                    return Ok((Delete::NotFound, Vec::new()));
+                };
+                let mut stmt = tx.prepare_cached(
+                    "SELECT manifest_digest FROM manifest_blobs
+                     WHERE repo_id = ?1 AND blob_digest = ?2 ORDER BY manifest_digest LIMIT 10",
+                )?;
+                let referencing: Vec<String> = stmt
+                    .query_map([&id, &digest], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if !referencing.is_empty() {
+                    return Ok((Delete::Deleted, referencing));
+                }
+                let n = tx.execute(
+                    "DELETE FROM repository_blobs WHERE repo_id = ?1 AND digest = ?2",
+                    [&id, &digest],
+                )?;
+                Ok((
+                    if n > 0 {
+                        Delete::Deleted
+                    } else {
+                        Delete::NotFound
+                    },
+                    Vec::new(),
+                ))
+            })
+            .await?;
+        if referencing.is_empty() {
+            Ok(outcome)
+        } else {
+            Ok(Delete::Referenced(digests(referencing)?))
+        }
+    }
+
+    async fn create_upload(&self, repo: &RepoName, id: &str, hash_state: &[u8]) -> Result<()> {
+        let (repo, id, state) = (repo.as_str().to_owned(), id.to_owned(), hash_state.to_vec());
+        self.write(move |tx| {
+            let repo_id = ensure_repo(tx, &repo)?;
+            let now = now_millis();
+            tx.execute(
+                "INSERT INTO uploads (id, repo_id, byte_offset, hash_state, started_at, updated_at)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?4)",
+                params![id, repo_id, state, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<UploadRow>> {
+        let (repo, id) = (repo.as_str().to_owned(), id.to_owned());
+        self.read(move |c| load_upload(c, &repo, &id)).await
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &str,
+        expected_offset: u64,
+        part: &UploadPart,
+        hash_state: &[u8],
+    ) -> Result<bool> {
+        let (id, part, state) = (id.to_owned(), part.clone(), hash_state.to_vec());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE uploads SET byte_offset = ?1, hash_state = ?2, updated_at = ?3
+                 WHERE id = ?4 AND byte_offset = ?5",
+                params![
+                    to_i64(part.start + part.size),
+                    state,
+                    now_millis(),
+                    id,
+                    to_i64(expected_offset)
+                ],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO upload_parts (upload_id, start_offset, size, storage_key)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, to_i64(part.start), to_i64(part.size), part.storage_key],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<UploadRow>> {
+        let (repo, id) = (repo.as_str().to_owned(), id.to_owned());
+        self.write(move |tx| {
+            let row = load_upload(tx, &repo, &id)?;
+            if row.is_some() {
+                remove_upload(tx, &id)?;
+            }
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        expected_offset: u64,
+        blob: &NewBlob,
+    ) -> Result<Option<BlobCommit>> {
+        let (repo, id, blob) = (repo.as_str().to_owned(), id.to_owned(), blob.clone());
+        let raw = self
+            .write(move |tx| {
+                match load_upload(tx, &repo, &id)? {
+                    Some(row) if row.offset == expected_offset => {}
+                    _ => return Ok(None),
+                }
+                remove_upload(tx, &id)?;
+                let repo_id = ensure_repo(tx, &repo)?;
+                let existing: Option<RawBlob> = tx
+                    .query_row(
+                        "SELECT digest, size, storage_key FROM blobs WHERE digest = ?1",
+                        [blob.digest.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if existing.is_none() {
+                    tx.execute(
+                        "INSERT INTO blobs (digest, size, storage_key, created_at)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![
+                            blob.digest.as_str(),
+                            to_i64(blob.size),
+                            blob.storage_key,
+                            now_millis()
+                        ],
+                    )?;
+                }
+                link_blob(tx, &repo_id, blob.digest.as_str())?;
+                Ok(Some(existing))
+            })
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(None) => Ok(Some(BlobCommit::Inserted)),
+            Some(Some(existing)) => Ok(Some(BlobCommit::AlreadyPresent(blob_row(existing)?))),
+        }
+    }
+
+    async fn put_manifest(&self, repo: &RepoName, m: &NewManifest) -> Result<PutManifest> {
+        let (repo, m) = (repo.as_str().to_owned(), m.clone());
+        let missing: Vec<String> = self
+            .write(move |tx| {
+                // Check references before writing anything, so a refused push leaves no trace
+                // (not even a new repository row).
+                let existing_id = repo_id(tx, &repo)?;
+                let mut missing = Vec::new();
+                {
+                    let mut blob_q = tx.prepare_cached(
+                        "SELECT 1 FROM repository_blobs WHERE repo_id = ?1 AND digest = ?2",
+                    )?;
+                    let mut child_q = tx.prepare_cached(
+                        "SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2",
+                    )?;
+                    let id = existing_id.as_deref().unwrap_or("");
+                    for d in &m.blobs {
+                        if !blob_q.exists([id, d.as_str()])? {
+                            missing.push(d.as_str().to_owned());
+                        }
+                    }
+                    for d in &m.children {
+                        if !child_q.exists([id, d.as_str()])? {
+                            missing.push(d.as_str().to_owned());
+                        }
+                    }
+                }
+                if !missing.is_empty() {
+                    return Ok(missing);
+                }
+                let repo_id = match existing_id {
+                    Some(id) => id,
+                    None => ensure_repo(tx, &repo)?,
+                };
+                let now = now_millis();
+                let inserted = tx.execute(
+                    "INSERT INTO manifests (repo_id, digest, media_type, payload, size,
+                        subject_digest, artifact_type, annotations, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (repo_id, digest) DO NOTHING",
+                    params![
+                        repo_id,
+                        m.digest.as_str(),
+                        m.media_type,
+                        m.payload,
+                        to_i64(m.payload.len() as u64),
+                        m.subject.as_ref().map(|d| d.as_str().to_owned()),
+                        m.artifact_type,
+                        m.annotations,
+                        now
+                    ],
+                )?;
+                if inserted > 0 {
+                    for d in &m.blobs {
+                        tx.execute(
+                            "INSERT INTO manifest_blobs (repo_id, manifest_digest, blob_digest)
+                             VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                            params![repo_id, m.digest.as_str(), d.as_str()],
+                        )?;
+                    }
+                    for d in &m.children {
+                        tx.execute(
+                            "INSERT INTO manifest_children (repo_id, manifest_digest, child_digest)
+                             VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                            params![repo_id, m.digest.as_str(), d.as_str()],
+                        )?;
+                    }
+                }
+                if let Some(tag) = &m.tag {
+                    tx.execute(
+                        "INSERT INTO tags (repo_id, name, manifest_digest, updated_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (repo_id, name)
+                         DO UPDATE SET manifest_digest = excluded.manifest_digest,
+                                       updated_at = excluded.updated_at",
+                        params![repo_id, tag.as_str(), m.digest.as_str(), now],
+                    )?;
+                }
+                Ok(Vec::new())
+            })
+            .await?;
+        if missing.is_empty() {
+            Ok(PutManifest::Stored)
+        } else {
+            Ok(PutManifest::MissingReferences(digests(missing)?))
+        }
+    }
+
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<ManifestRow>> {
+        let repo = repo.as_str().to_owned();
+        let reference = reference.clone();
+        let raw: Option<(String, String, Vec<u8>)> = self
+            .read(move |c| {
+                let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+                match reference {
+                    Reference::Digest(d) => c
+                        .query_row(
+                            "SELECT m.digest, m.media_type, m.payload FROM manifests m
+                             JOIN repositories r ON r.id = m.repo_id
+                             WHERE r.name = ?1 AND m.digest = ?2",
+                            [repo.as_str(), d.as_str()],
+                            map,
+                        )
+                        .optional(),
+                    Reference::Tag(t) => c
+                        .query_row(
+                            "SELECT m.digest, m.media_type, m.payload FROM tags t
+                             JOIN repositories r ON r.id = t.repo_id
+                             JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest
+                             WHERE r.name = ?1 AND t.name = ?2",
+                            [repo.as_str(), t.as_str()],
+                            map,
+                        )
+                        .optional(),
+                }
+            })
+            .await?;
+        raw.map(|(digest, media_type, payload)| {
+            Ok(ManifestRow {
+                digest: parse_digest(digest)?,
+                media_type,
+                payload,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else {
+                return Ok(false);
+            };
+            Ok(tx.execute(
+                "DELETE FROM tags WHERE repo_id = ?1 AND name = ?2",
+                [&id, &tag],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Delete> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        let (outcome, referencing) = self
+            .write(move |tx| {
+                let Some(id) = repo_id(tx, &repo)? else {
+                    return Ok((Delete::NotFound, Vec::new()));
+                };
+                let mut stmt = tx.prepare_cached(
+                    "SELECT manifest_digest FROM manifest_children
+                     WHERE repo_id = ?1 AND child_digest = ?2 ORDER BY manifest_digest LIMIT 10",
+                )?;
+                let referencing: Vec<String> = stmt
+                    .query_map([&id, &digest], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if !referencing.is_empty() {
+                    return Ok((Delete::Deleted, referencing));
+                }
+                let n = tx.execute(
+                    "DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2",
+                    [&id, &digest],
+                )?;
+                if n == 0 {
+                    return Ok((Delete::NotFound, Vec::new()));
+                }
+                tx.execute(
+                    "DELETE FROM tags WHERE repo_id = ?1 AND manifest_digest = ?2",
+                    [&id, &digest],
+                )?;
+                tx.execute(
+                    "DELETE FROM manifest_blobs WHERE repo_id = ?1 AND manifest_digest = ?2",
+                    [&id, &digest],
+                )?;
+                tx.execute(
+                    "DELETE FROM manifest_children WHERE repo_id = ?1 AND manifest_digest = ?2",
+                    [&id, &digest],
+                )?;
+                Ok((Delete::Deleted, Vec::new()))
+            })
+            .await?;
+        if referencing.is_empty() {
+            Ok(outcome)
+        } else {
+            Ok(Delete::Referenced(digests(referencing)?))
+        }
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Vec<String>>> {
+        let (repo, after) = (repo.as_str().to_owned(), after.unwrap_or("").to_owned());
+        self.read(move |c| {
+            let Some(id) = repo_id(c, &repo)? else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM tags WHERE repo_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![id, after, limit], |r| r.get(0))?;
+            Ok(Some(rows.collect::<rusqlite::Result<Vec<String>>>()?))
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<ReferrerRow>>> {
+        let (repo, subject) = (repo.as_str().to_owned(), subject.as_str().to_owned());
+        let filter = artifact_type.map(str::to_owned);
+        type Raw = (String, String, i64, Option<String>, Option<String>);
+        let raw: Option<Vec<Raw>> = self
+            .read(move |c| {
+                let Some(id) = repo_id(c, &repo)? else {
+                    return Ok(None);
+                };
+                let mut stmt = c.prepare_cached(
+                    "SELECT digest, media_type, size, artifact_type, annotations FROM manifests
+                     WHERE repo_id = ?1 AND subject_digest = ?2
+                       AND (?3 IS NULL OR artifact_type = ?3)
+                     ORDER BY digest",
+                )?;
+                let rows = stmt.query_map(params![id, subject, filter], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+                Ok(Some(rows.collect::<rusqlite::Result<Vec<Raw>>>()?))
+            })
+            .await?;
+        raw.map(|rows| {
+            rows.into_iter()
+                .map(|(digest, media_type, size, artifact_type, annotations)| {
+                    Ok(ReferrerRow {
+                        digest: parse_digest(digest)?,
+                        media_type,
+                        size: to_u64(size),
+                        artifact_type,
+                        annotations,
+                    })
+                })
+                .collect()
+        })
+        .transpose()
+    }
+}

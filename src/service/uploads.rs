@@ -1,0 +1,391 @@
+//! Blob uploads: sessions, chunks, completion, cancellation and cross-repository mounts.
+//!
+//! No upload state lives in process memory: the session row holds the byte offset and the
+//! serialized hash state, and each chunk is its own stored object, so any node (or a restarted one)
+//! can take the next chunk. A chunk is accepted only by a compare-and-set on the offset it started
+//! from. A blob becomes visible only after its digest is verified, in the same transaction that
+//! ends the session.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::access::Action;
+use super::{Error, Principal, Registry, Result};
+use crate::meta::{BlobCommit, BlobRow, NewBlob, UploadPart, UploadRow};
+use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName};
+use crate::storage::Storage;
+
+/// Where an upload session stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// Session id.
+    pub id: String,
+    /// Bytes accepted so far.
+    pub offset: u64,
+}
+
+/// A `Content-Range` of a chunk: first and last byte, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRange {
+    /// First byte.
+    pub first: u64,
+    /// Last byte, inclusive.
+    pub last: u64,
+}
+
+fn body_error(e: impl std::fmt::Display) -> Error {
+    Error::UploadInvalid(format!("reading the request body failed: {e}"))
+}
+
+fn valid_upload_id(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
+
+impl Registry {
+    /// Starts an upload session.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        self.start_upload_with(repo, DigestAlgorithm::Sha256).await
+    }
+
+    async fn start_upload_with(
+        &self,
+        repo: &RepoName,
+        alg: DigestAlgorithm,
+    ) -> Result<UploadStatus> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        self.meta
+            .create_upload(repo, &id, &Hasher::new(alg).save())
+            .await?;
+        tracing::debug!(repo.name = %repo, upload.id = %id, "upload started");
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    /// Links a blob that `from` holds into `repo`, if the caller may pull from `from`.
+    /// `None` means the blob cannot be mounted and the client should upload it.
+    pub async fn mount_blob(
+        &self,
+        principal: &Principal,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRow>> {
+        if self.authorize(principal, from, Action::Pull).await.is_err() {
+            // Whether the source exists is not the caller's business: fall back to an upload.
+            return Ok(None);
+        }
+        Ok(self.meta.mount_blob(from, repo, digest).await?)
+    }
+
+    async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadRow> {
+        if !valid_upload_id(id) {
+            return Err(Error::UploadUnknown);
+        }
+        self.meta
+            .upload(repo, id)
+            .await?
+            .ok_or(Error::UploadUnknown)
+    }
+
+    /// The state of an upload session.
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
+        let row = self.load_upload(repo, id).await?;
+        Ok(UploadStatus {
+            id: row.id,
+            offset: row.offset,
+        })
+    }
+
+    /// Cancels an upload session and deletes what it stored.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        if !valid_upload_id(id) {
+            return Err(Error::UploadUnknown);
+        }
+        self.meta
+            .delete_upload(repo, id)
+            .await?
+            .ok_or(Error::UploadUnknown)?;
+        self.storage.delete_upload_objects(id, None).await?;
+        Ok(())
+    }
+
+    /// Appends a chunk. With a `range`, the chunk must start at the session's offset (416
+    /// otherwise) and be exactly as long as the range says; without one it is appended (streamed).
+    pub async fn append_upload<B, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<ChunkRange>,
+        content_length: Option<u64>,
+        body: B,
+    ) -> Result<UploadStatus>
+    where
+        B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let row = self.load_upload(repo, id).await?;
+        let expected = match range {
+            Some(r) => {
+                if r.first != row.offset {
+                    return Err(Error::RangeNotSatisfiable { offset: row.offset });
+                }
+                if r.last < r.first {
+                    return Err(Error::RangeNotSatisfiable { offset: row.offset });
+                }
+                let len = r.last - r.first + 1;
+                if content_length.is_some_and(|cl| cl != len) {
+                    return Err(Error::SizeInvalid(format!(
+                        "Content-Length does not match Content-Range ({len} bytes)"
+                    )));
+                }
+                Some(len)
+            }
+            None => content_length,
+        };
+        let written = self.write_part(&row, expected, body).await?;
+        let offset = match written {
+            Some((part, hasher)) => self.record_part(repo, &row, part, &hasher).await?,
+            None => row.offset,
+        };
+        Ok(UploadStatus { id: row.id, offset })
+    }
+
+    /// Completes an upload with an optional last chunk, verifies `digest`, and records the blob.
+    pub async fn complete_upload<B, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        content_length: Option<u64>,
+        body: B,
+    ) -> Result<BlobRow>
+    where
+        B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut row = self.load_upload(repo, id).await?;
+        let mut hasher = restore_hasher(&row)?;
+        if let Some((part, h)) = self.write_part(&row, content_length, body).await? {
+            row.offset = self.record_part(repo, &row, part.clone(), &h).await?;
+            row.parts.push(part);
+            hasher = h;
+        }
+        self.finish(repo, row, hasher, digest).await
+    }
+
+    /// A monolithic upload in one request (`POST ?digest=`).
+    pub async fn upload_blob<B, E>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        content_length: Option<u64>,
+        body: B,
+    ) -> Result<BlobRow>
+    where
+        B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let status = self.start_upload_with(repo, digest.algorithm()).await?;
+        match self
+            .complete_upload(repo, &status.id, digest, content_length, body)
+            .await
+        {
+            Ok(blob) => Ok(blob),
+            Err(e) => {
+                // The session was never shown to the client: nothing may outlive the failure.
+                if let Err(cleanup) = self.cancel_upload(repo, &status.id).await {
+                    tracing::warn!(upload.id = %status.id, error = %cleanup, "cleanup of failed upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams `body` into a new part object while hashing. `None` when the body was empty.
+    async fn write_part<B, E>(
+        &self,
+        row: &UploadRow,
+        expected: Option<u64>,
+        mut body: B,
+    ) -> Result<Option<(UploadPart, Hasher)>>
+    where
+        B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut hasher = restore_hasher(row)?;
+        let mut first = None;
+        // Skip leading empty frames so an empty body creates no object.
+        while let Some(frame) = body.next().await {
+            let frame = frame.map_err(body_error)?;
+            if !frame.is_empty() {
+                first = Some(frame);
+                break;
+            }
+        }
+        let Some(first) = first else {
+            if expected.is_some_and(|n| n != 0) {
+                return Err(Error::SizeInvalid(
+                    "the request body is shorter than announced".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let key = Storage::part_key(&row.id, row.offset);
+        let mut writer = self.storage.writer(&key).await?;
+        let mut size = 0u64;
+        let mut next = Some(Ok(first));
+        while let Some(frame) = next {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(body_error(e));
+                }
+            };
+            size += frame.len() as u64;
+            if expected.is_some_and(|n| size > n) {
+                let _ = writer.abort().await;
+                return Err(Error::SizeInvalid(
+                    "the request body is longer than announced".into(),
+                ));
+            }
+            hasher.update(&frame);
+            if let Err(e) = writer.write(frame).await {
+                let _ = writer.abort().await;
+                return Err(e.into());
+            }
+            next = body.next().await;
+        }
+        if expected.is_some_and(|n| size != n) {
+            let _ = writer.abort().await;
+            return Err(Error::SizeInvalid(
+                "the request body is shorter than announced".into(),
+            ));
+        }
+        writer.finish().await?;
+        let part = UploadPart {
+            start: row.offset,
+            size,
+            storage_key: key,
+        };
+        Ok(Some((part, hasher)))
+    }
+
+    /// Records a written part with a compare-and-set on the session's offset; returns the new
+    /// offset. When another request moved the session first, the part is dropped and 416 returned.
+    async fn record_part(
+        &self,
+        repo: &RepoName,
+        row: &UploadRow,
+        part: UploadPart,
+        hasher: &Hasher,
+    ) -> Result<u64> {
+        let new_offset = part.start + part.size;
+        if self
+            .meta
+            .advance_upload(&row.id, row.offset, &part, &hasher.save())
+            .await?
+        {
+            Ok(new_offset)
+        } else {
+            self.storage.delete(&part.storage_key).await?;
+            match self.meta.upload(repo, &row.id).await? {
+                Some(now) => Err(Error::RangeNotSatisfiable { offset: now.offset }),
+                None => Err(Error::UploadUnknown),
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        repo: &RepoName,
+        row: UploadRow,
+        hasher: Hasher,
+        digest: &Digest,
+    ) -> Result<BlobRow> {
+        if digest.algorithm() != algorithm_of(&hasher) {
+            return Err(Error::DigestInvalid(format!(
+                "this upload was hashed with {}; a {} digest cannot be verified",
+                algorithm_of(&hasher).as_str(),
+                digest.algorithm().as_str()
+            )));
+        }
+        let computed = hasher.finish();
+        if &computed != digest {
+            // The data is gone with the session: a mismatched upload leaves nothing behind.
+            self.meta.delete_upload(repo, &row.id).await?;
+            self.storage.delete_upload_objects(&row.id, None).await?;
+            return Err(Error::DigestInvalid(format!(
+                "provided digest {digest} does not match the uploaded content ({computed})"
+            )));
+        }
+        let size = row.offset;
+        let key = match self.meta.blob(digest).await? {
+            Some(existing) => existing.storage_key,
+            None => self.assemble(&row).await?,
+        };
+        let blob = NewBlob {
+            digest: digest.clone(),
+            size,
+            storage_key: key,
+        };
+        match self
+            .meta
+            .finish_upload(repo, &row.id, row.offset, &blob)
+            .await?
+        {
+            None => Err(Error::UploadUnknown),
+            Some(BlobCommit::Inserted) => {
+                self.storage
+                    .delete_upload_objects(&row.id, Some(&blob.storage_key))
+                    .await?;
+                tracing::info!(repo.name = %repo, blob.digest = %digest, size_bytes = size, "blob stored");
+                Ok(BlobRow {
+                    digest: blob.digest,
+                    size,
+                    storage_key: blob.storage_key,
+                })
+            }
+            Some(BlobCommit::AlreadyPresent(existing)) => {
+                self.storage.delete_upload_objects(&row.id, None).await?;
+                Ok(existing)
+            }
+        }
+    }
+
+    /// Produces the single object holding the whole blob: the only part as is, or the parts
+    /// joined in order into a new object (streamed, never buffered whole).
+    async fn assemble(&self, row: &UploadRow) -> Result<String> {
+        match row.parts.as_slice() {
+            [only] => Ok(only.storage_key.clone()),
+            parts => {
+                let key = Storage::joined_key(&row.id);
+                let mut writer = self.storage.writer(&key).await?;
+                for part in parts {
+                    let mut stream = self.storage.read(&part.storage_key, None).await?;
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk.map_err(|e| Error::Internal(e.into()))?;
+                        writer.write(chunk).await?;
+                    }
+                }
+                writer.finish().await?;
+                Ok(key)
+            }
+        }
+    }
+}
+
+fn restore_hasher(row: &UploadRow) -> Result<Hasher> {
+    Hasher::restore(&row.hash_state).ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "upload {} has an unreadable hash state",
+            row.id
+        ))
+    })
+}
+
+fn algorithm_of(h: &Hasher) -> DigestAlgorithm {
+    match h {
+        Hasher::Sha256(_) => DigestAlgorithm::Sha256,
+        Hasher::Sha512(_) => DigestAlgorithm::Sha512,
+    }
+}

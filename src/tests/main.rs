@@ -1,0 +1,1 @@
+//! Integration tests: real HTTP against Aerugo processes started by the testkit.

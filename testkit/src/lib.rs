@@ -1,0 +1,19 @@
+//! Test infrastructure for Aerugo.
+//!
+//! This crate deliberately does not depend on the `aerugo` crate: it drives the
+//! registry only from the outside, the way real clients do, so that tests
+//! exercise the same surface that `docker`, `skopeo` or `oras` would.
+//!
+//! - [`node`] starts, stops, kills and restarts real Aerugo server processes.
+//! - [`image`] builds small but real OCI and Docker images, indexes and
+//!   artifacts offline and deterministically from a seed.
+//! - [`client`] is a minimal OCI Distribution API client for pushing and
+//!   pulling content and for inspecting raw responses.
+
+pub mod client;
+pub mod image;
+pub mod node;
+
+pub use client::RegistryClient;
+pub use image::{Blob, Image};
+pub use node::{Node, NodeOptions};
