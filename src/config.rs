@@ -289,8 +289,7 @@ impl Config {
             });
         }
         let url = &self.server.public_url;
-        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://")
-        {
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(ConfigError::Invalid {
                 key: "server.public_url",
                 message: "must start with http:// or https://".into(),

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 /// Which crate modules each layer may use (besides itself).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("main", &["app", "config", "telemetry"]),
-    ("app", &["api", "service", "meta", "storage", "config", "telemetry"]),
+    (
+        "app",
+        &["api", "service", "meta", "storage", "config", "telemetry"],
+    ),
     ("api", &["service", "oci", "config"]),
     ("service", &["meta", "storage", "oci", "config"]),
     ("meta", &["oci", "config"]),
@@ -63,7 +66,8 @@ fn paths_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     text.match_indices(prefix)
         .filter(|(i, _)| {
             // Only whole path starts: not `foo_crate::` or `mycrate::`.
-            *i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric() && text.as_bytes()[i - 1] != b'_'
+            *i == 0
+                || !text.as_bytes()[i - 1].is_ascii_alphanumeric() && text.as_bytes()[i - 1] != b'_'
         })
         .filter_map(|(i, _)| {
             let rest = &text[i + prefix.len()..];
@@ -97,7 +101,11 @@ fn layers_and_fences_hold() {
             .find(|(l, _)| *l == layer)
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("{}: layer {layer} is not in tidy's table", file.display()));
-        let crate_prefix = if layer == "main" { "aerugo::" } else { "crate::" };
+        let crate_prefix = if layer == "main" {
+            "aerugo::"
+        } else {
+            "crate::"
+        };
         for used in paths_after(&code, crate_prefix) {
             if used != layer && !allowed.contains(&used) {
                 problems.push(format!("{}: layer `{layer}` uses `{used}`", file.display()));
@@ -106,11 +114,18 @@ fn layers_and_fences_hold() {
         for (krate, layers) in FENCES {
             let prefix = format!("{krate}::");
             if !paths_after(&code, &prefix).is_empty() && !layers.contains(&layer.as_str()) {
-                problems.push(format!("{}: `{krate}` may only be used in {layers:?}", file.display()));
+                problems.push(format!(
+                    "{}: `{krate}` may only be used in {layers:?}",
+                    file.display()
+                ));
             }
         }
     }
-    assert!(problems.is_empty(), "layering violations:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "layering violations:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -126,11 +141,18 @@ fn every_module_file_has_a_header() {
         })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a //! header:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "files without a //! header:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
 fn path_scanner_finds_whole_paths_only() {
-    assert_eq!(paths_after("use crate::meta::X; crate::oci::Y", "crate::"), vec!["meta", "oci"]);
+    assert_eq!(
+        paths_after("use crate::meta::X; crate::oci::Y", "crate::"),
+        vec!["meta", "oci"]
+    );
     assert!(paths_after("mycrate::meta", "crate::").is_empty());
 }

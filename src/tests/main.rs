@@ -1,1 +1,13 @@
-//! Integration tests: real HTTP against Aerugo processes started by the testkit.
+//! Integration tests: real HTTP against `aerugo` processes started by the testkit (random ports,
+//! temporary directories). One test binary, one module per area.
+
+#![expect(clippy::unwrap_used, reason = "tests and their helpers: a failed step is a failed test")]
+
+mod blobs;
+mod clients;
+mod listing;
+mod manifests;
+mod process;
+mod robustness;
+mod support;
+mod uploads;

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::{HandlerResult, Query, content_length, hv, parse_digest, parse_reference};
+use super::{HandlerResult, Query, hv, parse_digest, parse_reference};
 use crate::oci::{RepoName, media_types};
 use crate::service::{Error, Registry};
 
@@ -54,10 +54,9 @@ pub(super) async fn put_manifest(
     body: Body,
 ) -> HandlerResult {
     let reference = parse_reference(reference)?;
+    // The body is read up to the limit rather than refused on its Content-Length, so the client
+    // (which is still sending) reads a 413 instead of a reset connection.
     let limit = reg.settings().manifest_max_bytes;
-    if content_length(headers).is_some_and(|n| n > limit) {
-        return Err(Error::ManifestTooLarge { limit }.into());
-    }
     let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .collect()
         .await

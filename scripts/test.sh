@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite exactly as CI does: formatting, lints, then every test of the workspace
+# (unit tests, the storage conformance suite, API integration tests against real aerugo processes,
+# and end-to-end tests with real clients: skopeo, podman, docker, ctr, oras).
+#
+# The real clients must be installed first (Debian, as root): scripts/install-clients.sh
+# The tests start the private dockerd/containerd they need; this script stops them at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stop_daemons() { bash scripts/client-daemons.sh stop >/dev/null 2>&1 || true; }
+trap stop_daemons EXIT
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace

@@ -1,0 +1,155 @@
+//! The process as an operator sees it: configuration errors, `config check`, health endpoints,
+//! graceful shutdown, and bounded memory while a 1 GiB blob streams through.
+
+use std::process::Command;
+
+use aerugo_testkit::image::sha256_digest;
+use reqwest::{Method, StatusCode};
+
+use crate::support::{BIN, node, send};
+
+#[test]
+fn unknown_keys_and_bad_values_stop_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[server]\nlisten_adress = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_adress"), "{err}");
+
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("AERUGO_LIMITS__MANIFEST_MAX_BYTES", "ten")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits.manifest_max_bytes"), "{err}");
+}
+
+#[test]
+fn config_check_prints_the_effective_config_redacted() {
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env(
+            "AERUGO_DATABASE__URL",
+            "postgres://aerugo:hunter2@db:5432/aerugo",
+        )
+        .env("AERUGO_SERVER__LISTEN_ADDRESS", "127.0.0.1:5999")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("listen_address = \"127.0.0.1:5999\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("postgres://aerugo:***@db:5432/aerugo"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn health_and_graceful_shutdown() {
+    let mut node = node().await;
+    let c = node.client();
+    assert_eq!(
+        send(&c, Method::GET, "/healthz").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&c, Method::GET, "/readyz").await.status(),
+        StatusCode::OK
+    );
+    let status = node.stop().await.unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the process cleanly: {status:?}"
+    );
+    assert!(node.log().contains("aerugo stopped"), "{}", node.log());
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Streams a 1 GiB blob through one PATCH and reads it back: the server's peak RSS must stay far
+/// below the blob's size. The measured peak is printed and written to `target/peak-rss-1gib.txt`.
+#[tokio::test]
+async fn memory_stays_bounded_for_a_1_gib_blob() {
+    const SIZE: usize = 1 << 30;
+    const PIECE: usize = 1 << 20;
+    let node = node().await;
+    let c = node.client();
+    let piece: Vec<u8> = (0..PIECE).map(|i| (i % 253) as u8).collect();
+    let digest = {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        for _ in 0..SIZE / PIECE {
+            h.update(&piece);
+        }
+        format!("sha256:{}", hex_lower(&h.finalize()))
+    };
+    assert_eq!(
+        sha256_digest(b""),
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    let loc = c.start_upload("big/blob").await.unwrap();
+    let piece = bytes::Bytes::from(piece);
+    let stream = futures::stream::iter(
+        (0..SIZE / PIECE).map(move |_| Ok::<_, std::io::Error>(piece.clone())),
+    );
+    let res = c
+        .request(Method::PATCH, &loc)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let loc = c.url(res.headers()["location"].to_str().unwrap());
+    let res = c
+        .request(Method::PUT, &format!("{loc}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let mut res = c.get_blob("big/blob", &digest).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut total = 0usize;
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        total += chunk.len();
+    }
+    assert_eq!(total, SIZE);
+    let peak = peak_rss_kib(node.pid());
+    let line = format!(
+        "peak RSS of aerugo while pushing and pulling a 1 GiB blob: {} MiB\n",
+        peak / 1024
+    );
+    print!("{line}");
+    let _ = std::fs::write(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/peak-rss-1gib.txt"),
+        &line,
+    );
+    assert!(peak < 256 * 1024, "{line}");
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
