@@ -37,6 +37,10 @@ pub struct ApiState {
     pub registry: Registry,
     /// False while starting up and once shutdown has begun.
     pub ready: Arc<AtomicBool>,
+    /// Longest a request without a blob body may take.
+    pub request_timeout: Duration,
+    /// Longest a blob body may send nothing.
+    pub body_idle_timeout: Duration,
 }
 
 /// Builds the whole HTTP application.

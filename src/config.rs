@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// Seconds a request without a blob body may take before it is answered with 503.
     pub request_timeout_seconds: u64,
+    /// Seconds a blob upload body may go without sending data before the upload request fails.
+    pub body_idle_timeout_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             shutdown_grace_seconds: 30,
             request_timeout_seconds: 60,
+            body_idle_timeout_seconds: 60,
         }
     }
 }
@@ -280,6 +283,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "registry.default_page_size",
                 message: "page sizes must be positive".into(),
+            });
+        }
+        if self.server.request_timeout_seconds == 0 || self.server.body_idle_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.request_timeout_seconds",
+                message: "timeouts must be positive".into(),
             });
         }
         if self.database.max_connections == 0 {

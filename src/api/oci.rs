@@ -2,10 +2,14 @@
 //! registry's single access-decision step, and calls the handler for the (method, route) pair.
 //! Handlers are thin: parse, call one `Registry` method, render.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 
 use super::ApiState;
 use crate::oci::{Digest, RefError, Reference};
@@ -45,9 +49,67 @@ pub async fn dispatch(
     let query = Query::parse(uri.query());
     // Authentication arrives with the auth issue; every request is anonymous until then.
     let principal = Principal::Anonymous;
-    handle(&state, &principal, &method, route, &query, &headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    // Requests carrying a blob body may legitimately run for a long time; they are bounded by an
+    // idle timeout on the body instead. Everything else gets an overall deadline.
+    let streams_blob = matches!(
+        (&method, &route),
+        (&Method::POST, OciRoute::UploadStart(_))
+            | (&Method::PATCH | &Method::PUT, OciRoute::Upload(..))
+    );
+    let body = BlobBody::new(body, state.body_idle_timeout);
+    let work = handle(&state, &principal, &method, route, &query, &headers, body);
+    let result = if streams_blob {
+        work.await
+    } else {
+        match tokio::time::timeout(state.request_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::service::Error::Unavailable(format!(
+                "request took longer than {}s",
+                state.request_timeout.as_secs()
+            ))
+            .into()),
+        }
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A request body that fails when the client sends nothing for longer than the idle timeout.
+pub(crate) struct BlobBody {
+    body: Body,
+    idle: Duration,
+}
+
+impl BlobBody {
+    fn new(body: Body, idle: Duration) -> Self {
+        Self { body, idle }
+    }
+
+    /// The body as a stream of chunks; an idle gap longer than the timeout ends it with an error.
+    pub(crate) fn into_stream(
+        self,
+    ) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static {
+        let idle = self.idle;
+        Box::pin(futures::stream::unfold(
+            Some(self.body.into_data_stream()),
+            move |state| async move {
+                let mut s = state?;
+                match tokio::time::timeout(idle, s.next()).await {
+                    Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+                    Ok(Some(Err(e))) => Some((Err(e.to_string()), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(format!("no data received for {}s", idle.as_secs())),
+                        None,
+                    )),
+                }
+            },
+        ))
+    }
+
+    /// The raw body, for requests whose size is limited elsewhere (manifests).
+    pub(crate) fn into_inner(self) -> Body {
+        self.body
+    }
 }
 
 async fn handle(
@@ -57,7 +119,7 @@ async fn handle(
     route: OciRoute,
     query: &Query,
     headers: &HeaderMap,
-    body: Body,
+    body: BlobBody,
 ) -> HandlerResult {
     let reg = &state.registry;
     let action = match *method {
@@ -82,7 +144,7 @@ async fn handle(
             manifests::get_manifest(reg, &repo, &r, headers, head).await
         }
         (Method::PUT, OciRoute::Manifest(repo, r)) => {
-            manifests::put_manifest(reg, &repo, &r, headers, body).await
+            manifests::put_manifest(reg, &repo, &r, headers, body.into_inner()).await
         }
         (Method::DELETE, OciRoute::Manifest(repo, r)) => {
             manifests::delete_manifest(reg, &repo, &r).await

@@ -349,3 +349,31 @@ async fn a_dropped_connection_leaves_no_blob() {
     assert_eq!(stored_objects(&node), 0, "the partial body is discarded");
     assert_eq!(send(&c, Method::GET, "/v2/").await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_stalled_upload_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node =
+        crate::support::node_with(&[("AERUGO_SERVER__BODY_IDLE_TIMEOUT_SECONDS", "1")]).await;
+    let c = node.client();
+    let loc = start(&c, "stall/a").await;
+    let mut s = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    let req = format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(&[7u8; 10]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the server answers a stalled body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("BLOB_UPLOAD_INVALID"), "{head}");
+    let res = send(&c, Method::GET, &loc).await;
+    assert_eq!(
+        header(&res, "range").as_deref(),
+        Some("0-0"),
+        "nothing of the stalled chunk is kept"
+    );
+    assert_eq!(stored_objects(&node), 0);
+}

@@ -1,10 +1,9 @@
 //! Upload handlers: start (with mount and monolithic variants), chunk, status, complete, cancel.
 
-use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{HandlerResult, OciError, Query, content_length, hv, parse_digest};
+use super::{BlobBody, HandlerResult, OciError, Query, content_length, hv, parse_digest};
 use crate::oci::RepoName;
 use crate::service::{ChunkRange, Principal, Registry, UploadStatus};
 
@@ -52,7 +51,7 @@ pub(super) async fn start_upload(
     repo: &RepoName,
     query: &Query,
     headers: &HeaderMap,
-    body: Body,
+    body: BlobBody,
 ) -> HandlerResult {
     if let Some(mount) = query.get("mount") {
         let digest = parse_digest(mount)?;
@@ -65,12 +64,7 @@ pub(super) async fn start_upload(
     } else if let Some(digest) = query.get("digest") {
         let digest = parse_digest(digest)?;
         let blob = reg
-            .upload_blob(
-                repo,
-                &digest,
-                content_length(headers),
-                body.into_data_stream(),
-            )
+            .upload_blob(repo, &digest, content_length(headers), body.into_stream())
             .await?;
         return Ok(created_blob(repo, blob.digest.as_str()));
     }
@@ -114,17 +108,11 @@ pub(super) async fn patch_upload(
     repo: &RepoName,
     id: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: BlobBody,
 ) -> HandlerResult {
     let range = parse_content_range(headers)?;
     let up = reg
-        .append_upload(
-            repo,
-            id,
-            range,
-            content_length(headers),
-            body.into_data_stream(),
-        )
+        .append_upload(repo, id, range, content_length(headers), body.into_stream())
         .await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, &up))
 }
@@ -136,7 +124,7 @@ pub(super) async fn complete_upload(
     id: &str,
     query: &Query,
     headers: &HeaderMap,
-    body: Body,
+    body: BlobBody,
 ) -> HandlerResult {
     let digest = query
         .get("digest")
@@ -148,7 +136,7 @@ pub(super) async fn complete_upload(
             id,
             &digest,
             content_length(headers),
-            body.into_data_stream(),
+            body.into_stream(),
         )
         .await?;
     Ok(created_blob(repo, blob.digest.as_str()))
