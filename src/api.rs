@@ -31,7 +31,7 @@ use oci::error::{InternalCause, error_body};
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What handlers share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiState {
     /// The registry use cases.
     pub registry: Registry,
@@ -41,7 +41,23 @@ pub struct ApiState {
     pub request_timeout: Duration,
     /// Longest a blob body may send nothing.
     pub body_idle_timeout: Duration,
+    /// Renders the process's metrics in the Prometheus text format.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("registry", &self.registry)
+            .field("request_timeout", &self.request_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The route a response answered, for metrics labels (set by handlers, read by middleware).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteLabel(pub &'static str);
 
 /// Builds the whole HTTP application.
 pub fn router(state: ApiState) -> Router {
@@ -51,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/{*rest}", any(oci::dispatch))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(fallback)
         .with_state(state)
         // Layers run outermost-last: the request id is set first and seen by everything inside.
@@ -60,6 +77,7 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(log_errors))
+        .layer(middleware::from_fn(record_metrics))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -88,6 +106,35 @@ pub fn router(state: ApiState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Counts requests and records their latency by route, method and status.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = req.method().as_str().to_owned();
+    let res = next.run(req).await;
+    let route = res
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or("other", |r| r.0);
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("aerugo_http_requests_total", "route" => route, "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("aerugo_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Prometheus metrics of this node.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        (state.metrics)(),
+    )
+        .into_response()
 }
 
 /// Logs the cause of every 5xx once, with the request id, and keeps it out of the body.

@@ -46,6 +46,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ready: ready.clone(),
         request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
         body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_seconds),
+        metrics: crate::telemetry::metrics(),
     };
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.server.listen_address)

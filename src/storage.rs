@@ -59,12 +59,24 @@ impl Writer {
 
     /// Completes the object; returns its size.
     pub async fn finish(self) -> Result<u64> {
-        Ok(self.inner.finish().await?)
+        let start = std::time::Instant::now();
+        let result = self.inner.finish().await;
+        observe("finish_write", start, &result);
+        Ok(result?)
     }
 
     /// Abandons the object.
     pub async fn abort(self) -> Result<()> {
         Ok(self.inner.abort().await?)
+    }
+}
+
+/// Records the latency and outcome of one storage operation.
+fn observe<T, E>(op: &'static str, start: std::time::Instant, result: &std::result::Result<T, E>) {
+    metrics::histogram!("aerugo_storage_operation_duration_seconds", "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("aerugo_storage_errors_total", "op" => op).increment(1);
     }
 }
 
@@ -105,14 +117,18 @@ impl Storage {
 
     /// Starts writing `key`.
     pub async fn writer(&self, key: &str) -> Result<Writer> {
-        Ok(Writer {
-            inner: self.store.writer(key).await?,
-        })
+        let start = std::time::Instant::now();
+        let inner = self.store.writer(key).await;
+        observe("open_writer", start, &inner);
+        Ok(Writer { inner: inner? })
     }
 
     /// Streams `key` or a byte range of it.
     pub async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
-        let stream = self.store.read(key, range).await.map_err(|e| match e {
+        let start = std::time::Instant::now();
+        let stream = self.store.read(key, range).await;
+        observe("open_reader", start, &stream);
+        let stream = stream.map_err(|e| match e {
             aerugo_storage::Error::NotFound(k) => Error::Missing(k),
             other => Error::Backend(other),
         })?;
@@ -121,14 +137,20 @@ impl Storage {
 
     /// Deletes one object.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        Ok(self.store.delete(key).await?)
+        let start = std::time::Instant::now();
+        let result = self.store.delete(key).await;
+        observe("delete", start, &result);
+        Ok(result?)
     }
 
     /// Deletes every object of an upload except `keep`.
     pub async fn delete_upload_objects(&self, upload_id: &str, keep: Option<&str>) -> Result<()> {
-        for key in self.store.list(&Self::upload_prefix(upload_id)).await? {
+        let start = std::time::Instant::now();
+        let keys = self.store.list(&Self::upload_prefix(upload_id)).await;
+        observe("list", start, &keys);
+        for key in keys? {
             if Some(key.as_str()) != keep {
-                self.store.delete(&key).await?;
+                self.delete(&key).await?;
             }
         }
         Ok(())

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use super::ApiState;
+use super::{ApiState, RouteLabel};
 use crate::oci::{Digest, RefError, Reference};
 use crate::service::{Action, Principal};
 
@@ -41,8 +41,9 @@ pub async fn dispatch(
         Err(RouteError::NotFound) => return OciError::not_found().into_response(),
         Err(RouteError::Name(e)) => return OciError::name_invalid(e).into_response(),
     };
+    let label = route.label();
     let span = tracing::Span::current();
-    span.record("route", route.label());
+    span.record("route", label);
     if let Some(repo) = route.repo() {
         span.record("repo.name", repo.as_str());
     }
@@ -70,7 +71,9 @@ pub async fn dispatch(
             .into()),
         }
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let mut res = result.unwrap_or_else(IntoResponse::into_response);
+    res.extensions_mut().insert(RouteLabel(label));
+    res
 }
 
 /// A request body that fails when the client sends nothing for longer than the idle timeout.

@@ -2,6 +2,8 @@
 
 use std::ops::Range;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::{Error, Registry, Result};
 use crate::meta::{BlobRow, Delete};
 use crate::oci::{Digest, RepoName};
@@ -42,6 +44,12 @@ impl Registry {
             ),
         };
         let body = self.storage.read(&blob.storage_key, range.clone()).await?;
+        let body = body
+            .inspect_ok(|chunk| {
+                metrics::counter!("aerugo_blob_bytes_downloaded_total")
+                    .increment(chunk.len() as u64);
+            })
+            .boxed();
         Ok(BlobRead { blob, range, body })
     }
 

@@ -56,6 +56,7 @@ impl Registry {
         self.meta
             .create_upload(repo, &id, &Hasher::new(alg).save())
             .await?;
+        metrics::counter!("aerugo_upload_sessions_total", "event" => "started").increment(1);
         tracing::debug!(repo.name = %repo, upload.id = %id, "upload started");
         Ok(UploadStatus { id, offset: 0 })
     }
@@ -105,6 +106,7 @@ impl Registry {
             .await?
             .ok_or(Error::UploadUnknown)?;
         self.storage.delete_upload_objects(id, None).await?;
+        metrics::counter!("aerugo_upload_sessions_total", "event" => "cancelled").increment(1);
         Ok(())
     }
 
@@ -262,6 +264,7 @@ impl Registry {
             ));
         }
         writer.finish().await?;
+        metrics::counter!("aerugo_blob_bytes_uploaded_total").increment(size);
         let part = UploadPart {
             start: row.offset,
             size,
@@ -314,6 +317,8 @@ impl Registry {
             // The data is gone with the session: a mismatched upload leaves nothing behind.
             self.meta.delete_upload(repo, &row.id).await?;
             self.storage.delete_upload_objects(&row.id, None).await?;
+            metrics::counter!("aerugo_upload_sessions_total", "event" => "digest_mismatch")
+                .increment(1);
             return Err(Error::DigestInvalid(format!(
                 "provided digest {digest} does not match the uploaded content ({computed})"
             )));
@@ -328,11 +333,14 @@ impl Registry {
             size,
             storage_key: key,
         };
-        match self
+        let committed = self
             .meta
             .finish_upload(repo, &row.id, row.offset, &blob)
-            .await?
-        {
+            .await?;
+        if committed.is_some() {
+            metrics::counter!("aerugo_upload_sessions_total", "event" => "completed").increment(1);
+        }
+        match committed {
             None => Err(Error::UploadUnknown),
             Some(BlobCommit::Inserted) => {
                 self.storage

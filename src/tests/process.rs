@@ -153,3 +153,35 @@ async fn memory_stays_bounded_for_a_1_gib_blob() {
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_requests_and_bytes() {
+    let node = node().await;
+    let c = node.client();
+    let b = crate::support::blob(30, 12_345);
+    c.push_blob_chunked("metrics/a", &b, 5000).await.unwrap();
+    c.get_blob_ok("metrics/a", &b.digest).await.unwrap();
+    let _ = c
+        .get_blob("metrics/a", &crate::support::blob(31, 1).digest)
+        .await
+        .unwrap();
+    let res = send(&c, Method::GET, "/metrics").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.text().await.unwrap();
+    let has = |needle: &str| {
+        text.lines()
+            .any(|l| l.starts_with(needle) || (l.contains(needle) && !l.starts_with('#')))
+    };
+    for needle in [
+        "aerugo_http_requests_total",
+        "route=\"upload\"",
+        "status=\"404\"",
+        "aerugo_http_request_duration_seconds_bucket",
+        "aerugo_blob_bytes_uploaded_total 12345",
+        "aerugo_blob_bytes_downloaded_total 12345",
+        "aerugo_upload_sessions_total{event=\"completed\"} 1",
+        "aerugo_storage_operation_duration_seconds_bucket",
+    ] {
+        assert!(has(needle), "{needle} missing from:\n{text}");
+    }
+}
