@@ -1,7 +1,10 @@
 //! Integration tests: real HTTP against `aerugo` processes started by the testkit (random ports,
 //! temporary directories). One test binary, one module per area.
 
-#![expect(clippy::unwrap_used, reason = "tests and their helpers: a failed step is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests and their helpers: a failed step is a failed test"
+)]
 
 mod blobs;
 mod clients;

@@ -9,8 +9,11 @@
 //!   artifacts offline and deterministically from a seed.
 //! - [`client`] is a minimal OCI Distribution API client for pushing and
 //!   pulling content and for inspecting raw responses.
+//! - [`clients`] runs real container clients (`skopeo`, `podman`, `docker`,
+//!   `ctr`, `aerugo-oras`) with timeouts and starts their private daemons.
 
 pub mod client;
+pub mod clients;
 pub mod image;
 pub mod node;
 
