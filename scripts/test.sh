@@ -4,6 +4,8 @@
 # and end-to-end tests with real clients: skopeo, podman, docker, ctr, oras).
 #
 # The real clients must be installed first (Debian, as root): scripts/install-clients.sh
+# PostgreSQL must be reachable at AERUGO_TEST_DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres); tests say how to start it when it is not.
 # The tests start the private dockerd/containerd they need; this script stops them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +17,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
+echo "== cargo test (metadata on SQLite)"
 cargo test --workspace
+echo "== API integration tests again, metadata on PostgreSQL"
+# The same test bodies, each node on a fresh database of AERUGO_TEST_DATABASE_URL's server.
+AERUGO_TEST_BACKEND=postgres cargo test --test integration

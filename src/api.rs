@@ -24,7 +24,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::service::Registry;
 
+mod credentials;
+mod mgmt;
 pub mod oci;
+mod token;
 
 use oci::error::{InternalCause, error_body};
 
@@ -41,6 +44,8 @@ pub struct ApiState {
     pub request_timeout: Duration,
     /// Longest a blob body may send nothing.
     pub body_idle_timeout: Duration,
+    /// The configured public URL (empty: derived from each request).
+    pub public_url: String,
     /// Renders the process's metrics in the Prometheus text format.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
@@ -68,6 +73,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/auth/token", get(token::get_token).post(token::post_token))
+        .route("/auth/jwks", get(token::jwks))
+        .nest(mgmt::PREFIX, mgmt::router(&state))
         .fallback(fallback)
         .with_state(state)
         // Layers run outermost-last: the request id is set first and seen by everything inside.
@@ -108,6 +116,25 @@ pub fn router(state: ApiState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// The URL clients reach this registry at: `server.public_url`, else the request's scheme
+/// (`X-Forwarded-Proto`) and `Host`.
+pub(crate) fn public_base(state: &ApiState, headers: &axum::http::HeaderMap) -> String {
+    if !state.public_url.is_empty() {
+        return state.public_url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
 /// Counts requests and records their latency by route, method and status.
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
@@ -145,6 +172,7 @@ async fn log_errors(req: Request, next: Next) -> Response {
         .and_then(|r| r.header_value().to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let is_mgmt = req.uri().path().starts_with("/api/");
     let mut res = next.run(req).await;
     if res.status().is_server_error() {
         let cause = res
@@ -165,7 +193,18 @@ async fn log_errors(req: Request, next: Next) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        res = Response::from_parts(parts, Body::from(error_body(code, &message, None)));
+        // The management API keeps its own envelope; everything else gets the OCI one.
+        let body = if is_mgmt {
+            let code = if code == "UNAVAILABLE" {
+                "unavailable"
+            } else {
+                "internal"
+            };
+            mgmt::error::error_body(code, &message)
+        } else {
+            error_body(code, &message, None)
+        };
+        res = Response::from_parts(parts, Body::from(body));
     }
     res
 }

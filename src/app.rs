@@ -8,33 +8,168 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::api::{self, ApiState};
-use crate::config::{Config, DatabaseKind};
-use crate::meta::MetaStore;
+use crate::auth::{KeySet, generate_signing_pem};
+use crate::config::{Config, DatabaseKind, redact_url};
+use crate::meta::identity::IdentityStore;
+use crate::meta::postgres::PostgresStore;
 use crate::meta::sqlite::SqliteStore;
-use crate::service::{Registry, Settings};
+use crate::meta::{self, MetaStore};
+use crate::service::{Registry, Settings, TokenSettings};
 use crate::storage::Storage;
 
+/// The metadata stores a backend provides: registry content and identity.
+pub struct Stores {
+    /// Registry content.
+    pub meta: Arc<dyn MetaStore>,
+    /// Tenancy and access control.
+    pub identity: Arc<dyn IdentityStore>,
+}
+
 /// Opens the metadata store `database.url` names, applying migrations.
-pub async fn open_meta(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+pub async fn open_meta(config: &Config) -> anyhow::Result<Stores> {
     match config.database_kind()? {
         DatabaseKind::Sqlite(path) => {
             let store = SqliteStore::open(&path)
                 .await
                 .with_context(|| format!("opening SQLite database {}", path.display()))?;
-            Ok(Arc::new(store))
+            Ok(Stores {
+                meta: Arc::new(store.clone()),
+                identity: Arc::new(store),
+            })
         }
-        DatabaseKind::Postgres => anyhow::bail!(
-            "database.url: PostgreSQL/CockroachDB metadata is not available in this build yet; \
-             use sqlite://<path>"
-        ),
+        DatabaseKind::Postgres => {
+            let store = open_postgres(config).await?;
+            Ok(Stores {
+                meta: Arc::new(store.clone()),
+                identity: Arc::new(store),
+            })
+        }
     }
+}
+
+/// The longest wait between two attempts to reach the database at startup.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Opens the PostgreSQL/CockroachDB store and applies migrations. While the database cannot be
+/// reached it waits and tries again (1 s, doubling up to 30 s, one log line per attempt), so a node
+/// started before its database does not crash-loop; a bad URL or a failing migration stops startup.
+pub async fn open_postgres(config: &Config) -> anyhow::Result<PostgresStore> {
+    let target = redact_url(&config.database.url);
+    let mut delay = Duration::from_secs(1);
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        match PostgresStore::open(&config.database).await {
+            Ok(store) => {
+                tracing::info!(database.url = %target, attempt, "metadata database ready");
+                return Ok(store);
+            }
+            Err(meta::Error::Unavailable(reason)) => {
+                tracing::warn!(
+                    database.url = %target,
+                    attempt,
+                    retry_in_s = delay.as_secs(),
+                    error = %reason,
+                    "metadata database unavailable at startup; retrying in {} s",
+                    delay.as_secs()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_CONNECT_BACKOFF);
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("opening the metadata database {target}")));
+            }
+        }
+    }
+}
+
+/// Reads the token signing key, creating it (mode 0600) when the file does not exist, plus the
+/// extra verification keys.
+fn load_keys(config: &Config) -> anyhow::Result<KeySet> {
+    let path = &config.auth.signing_key_file;
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let pem = generate_signing_pem()?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            match opts.open(path) {
+                Ok(mut f) => {
+                    std::io::Write::write_all(&mut f, pem.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    tracing::info!(path = %path.display(), "created a token signing key");
+                    pem.into_bytes()
+                }
+                // Another node created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path)?,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let extra: Vec<Vec<u8>> = config
+        .auth
+        .verify_key_files
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let extra_refs: Vec<&[u8]> = extra.iter().map(Vec::as_slice).collect();
+    KeySet::from_pems(&pem, &extra_refs)
+        .with_context(|| format!("loading token keys from {}", path.display()))
+}
+
+fn admin_password(config: &Config) -> anyhow::Result<Option<String>> {
+    if let Some(file) = &config.auth.admin_password_file {
+        let pw =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return Ok(Some(pw.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(config
+        .auth
+        .admin_password
+        .as_ref()
+        .map(|s| s.expose().to_owned()))
 }
 
 /// Builds the registry from the configuration.
 pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
-    let meta = open_meta(config).await?;
+    let stores = open_meta(config).await?;
     let storage = Storage::from_config(&config.storage).context("opening blob storage")?;
-    Ok(Registry::new(meta, storage, Settings::from_config(config)))
+    let tokens = TokenSettings {
+        keys: Arc::new(load_keys(config)?),
+        issuer: config.auth.issuer.clone(),
+        service: config.auth.service.clone(),
+        ttl_seconds: config.auth.token_ttl_seconds,
+        refresh_ttl_seconds: config.auth.refresh_token_ttl_days.saturating_mul(86_400),
+        login_max_failures: config.auth.login_max_failures,
+        login_window_seconds: config.auth.login_window_seconds,
+        self_signup: config.auth.self_signup,
+    };
+    let registry = Registry::new(
+        stores.meta,
+        stores.identity,
+        storage,
+        Settings::from_config(config),
+        tokens,
+    );
+    if let Some(generated) = registry
+        .bootstrap_admin(admin_password(config)?.as_deref())
+        .await?
+    {
+        // Shown once, on standard output only: never through the logs.
+        println!(
+            "aerugo: created the site admin user `admin` with password: {generated}\n\
+             aerugo: store it now; it is not shown again (set auth.admin_password to choose one)."
+        );
+    }
+    Ok(registry)
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -46,6 +181,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ready: ready.clone(),
         request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
         body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_seconds),
+        public_url: config.server.public_url.clone(),
         metrics: crate::telemetry::metrics(),
     };
     let app = api::router(state);
@@ -64,7 +200,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested: draining in-flight requests");
         let _ = tx.send(());
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
     let server = tokio::spawn(async move { server.await });
     // After the signal, in-flight requests get `grace` to finish; then the process exits anyway.
     let _ = rx.await;

@@ -28,6 +28,88 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Authentication and tokens.
+    pub auth: AuthConfig,
+}
+
+/// A secret value: never printed, never in `Debug` output, serialized as `***`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// Authentication, token and tenancy settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Password of the site admin `admin` created on first start when no user exists. Unset: one
+    /// is generated and printed once on standard output.
+    pub admin_password: Option<Secret>,
+    /// File holding the admin password (takes precedence over `admin_password`).
+    pub admin_password_file: Option<PathBuf>,
+    /// PKCS#8 PEM file with the ES256 key that signs tokens; created if missing. Every node of a
+    /// cluster must use the same key (or have it among `verify_key_files`).
+    pub signing_key_file: PathBuf,
+    /// Further PEM keys (public or private) whose tokens are still accepted: rotation.
+    pub verify_key_files: Vec<PathBuf>,
+    /// The `service` (token audience) named in challenges.
+    pub service: String,
+    /// The token issuer (`iss`).
+    pub issuer: String,
+    /// Lifetime of registry and API tokens, in seconds (at least 60).
+    pub token_ttl_seconds: u64,
+    /// Lifetime of refresh tokens (`docker login`), in days.
+    pub refresh_token_ttl_days: u64,
+    /// Whether anyone may create an account with `POST /api/v1/users`.
+    pub self_signup: bool,
+    /// Visibility of repositories created by a push: `private` or `public`.
+    pub default_visibility: String,
+    /// Failed logins per user and address allowed in a window before 429.
+    pub login_max_failures: u32,
+    /// Length of the failed-login window, in seconds.
+    pub login_window_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_password: None,
+            admin_password_file: None,
+            signing_key_file: PathBuf::from("./aerugo-data/token-signing-key.pem"),
+            verify_key_files: Vec::new(),
+            service: "aerugo".into(),
+            issuer: "aerugo".into(),
+            token_ttl_seconds: 300,
+            refresh_token_ttl_days: 90,
+            self_signup: false,
+            default_visibility: "private".into(),
+            login_max_failures: 10,
+            login_window_seconds: 300,
+        }
+    }
 }
 
 /// HTTP server settings.
@@ -67,6 +149,10 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Maximum number of pooled connections.
     pub max_connections: usize,
+    /// Seconds to wait for a database connection (a new one, or a free one from the pool) before
+    /// the request fails with 503 `UNAVAILABLE`; also the TCP timeout for unanswered writes, so a
+    /// lost database never hangs a request. PostgreSQL/CockroachDB only; 0 counts as 1.
+    pub connect_timeout_seconds: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -74,6 +160,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "sqlite://./aerugo-data/aerugo.db".into(),
             max_connections: 8,
+            connect_timeout_seconds: 5,
         }
     }
 }
@@ -83,6 +170,7 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
             .finish()
     }
 }
@@ -291,6 +379,24 @@ impl Config {
                 message: "timeouts must be positive".into(),
             });
         }
+        if self.auth.token_ttl_seconds < 60 {
+            return Err(ConfigError::Invalid {
+                key: "auth.token_ttl_seconds",
+                message: "must be at least 60".into(),
+            });
+        }
+        if !matches!(self.auth.default_visibility.as_str(), "private" | "public") {
+            return Err(ConfigError::Invalid {
+                key: "auth.default_visibility",
+                message: "must be private or public".into(),
+            });
+        }
+        if self.auth.login_max_failures == 0 || self.auth.login_window_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "auth.login_max_failures",
+                message: "login throttling values must be positive".into(),
+            });
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "database.max_connections",
@@ -364,6 +470,7 @@ mod tests {
         assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
         let mut c = Config::default();
         c.database.url = "postgres://u:hunter2@h/db".into();
+        c.auth.admin_password = Some(Secret::new("hunter2"));
         assert!(!c.to_redacted_toml().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
     }

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod meta;
 pub mod oci;

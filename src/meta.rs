@@ -1,7 +1,9 @@
 //! The metadata store: repositories, blobs and their links, manifests, tags and upload sessions.
 //!
-//! [`MetaStore`] is backend-neutral; `sqlite` implements it for the embedded default. All SQL of the
-//! crate lives under this module, and only this module touches database drivers.
+//! [`MetaStore`] is backend-neutral; `sqlite` implements it for the embedded default and `postgres`
+//! for PostgreSQL/CockroachDB (many stateless nodes sharing one database). Both answer every call
+//! alike, which the shared `conformance` tests check. All SQL of the crate lives under this module,
+//! and only this module touches database drivers.
 //! Invariants every backend keeps, each inside one transaction:
 //! - a manifest is stored only if every blob it references is linked to its repository and every
 //!   child manifest is in its repository;
@@ -16,7 +18,11 @@ use async_trait::async_trait;
 
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
+#[cfg(test)]
+mod conformance;
+pub mod identity;
 pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 
 /// Errors of the metadata store.

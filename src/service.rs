@@ -7,21 +7,31 @@
 
 use std::sync::Arc;
 
+use crate::cache::LocalCache;
 use crate::config::Config;
+use crate::meta::identity::IdentityStore;
 use crate::meta::{self, MetaStore};
 use crate::oci::Digest;
 use crate::storage::{self, Storage};
 
 pub mod access;
+mod auth;
 mod blobs;
 mod listing;
 mod manifests;
+mod tenancy;
 mod uploads;
 
-pub use access::{Action, Principal};
+/// Rows of the identity store the management API renders (into its own view types).
+pub use crate::meta::identity::{
+    ApiKeyRow, GrantRow, MemberRow, OrgRow, RepoSummary, TagSummary, TeamRow, UserRow, Visibility,
+};
+pub use access::{Action, Identity, KeyRestriction, KeyScope, Principal};
+pub use auth::{IssuedToken, TokenSettings};
 pub use blobs::{BlobRead, ByteRange};
 pub use listing::Page;
 pub use manifests::PushedManifest;
+pub use tenancy::{NewApiKey, RepoDetail};
 pub use uploads::{ChunkRange, UploadStatus};
 
 /// The domain errors of the registry: a closed set, mapped to HTTP by the API layer.
@@ -85,8 +95,14 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// The caller must slow down.
-    #[error("too many requests")]
-    TooManyRequests,
+    #[error("too many requests; retry in {retry_after_secs}s")]
+    TooManyRequests {
+        /// Seconds until a retry may succeed.
+        retry_after_secs: u64,
+    },
+    /// A management request carries invalid data.
+    #[error("{0}")]
+    Invalid(String),
     /// The operation conflicts with the current state (e.g. content still referenced).
     #[error("{0}")]
     Conflict(String),
@@ -127,6 +143,8 @@ pub struct Settings {
     pub default_page_size: u32,
     /// Largest listing page size.
     pub max_page_size: u32,
+    /// Visibility of repositories created by a push.
+    pub default_visibility: Visibility,
 }
 
 impl Settings {
@@ -137,6 +155,11 @@ impl Settings {
             delete_enabled: config.registry.delete_enabled,
             default_page_size: config.registry.default_page_size,
             max_page_size: config.registry.max_page_size,
+            default_visibility: if config.auth.default_visibility == "public" {
+                Visibility::Public
+            } else {
+                Visibility::Private
+            },
         }
     }
 }
@@ -145,17 +168,31 @@ impl Settings {
 #[derive(Clone, Debug)]
 pub struct Registry {
     meta: Arc<dyn MetaStore>,
+    identity: Arc<dyn IdentityStore>,
     storage: Storage,
     settings: Arc<Settings>,
+    tokens: Arc<TokenSettings>,
+    /// Successful Basic-credential checks, keyed by a hash of the credentials, so clients that
+    /// send Basic auth on every request do not pay for argon2 every time.
+    logins: LocalCache<[u8; 32], access::Identity>,
 }
 
 impl Registry {
-    /// Builds the registry over a metadata store and blob storage.
-    pub fn new(meta: Arc<dyn MetaStore>, storage: Storage, settings: Settings) -> Self {
+    /// Builds the registry over the metadata and identity stores and blob storage.
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        identity: Arc<dyn IdentityStore>,
+        storage: Storage,
+        settings: Settings,
+        tokens: TokenSettings,
+    ) -> Self {
         Self {
             meta,
+            identity,
             storage,
             settings: Arc::new(settings),
+            tokens: Arc::new(tokens),
+            logins: LocalCache::new(10_000, std::time::Duration::from_secs(60)),
         }
     }
 

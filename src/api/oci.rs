@@ -2,16 +2,20 @@
 //! registry's single access-decision step, and calls the handler for the (method, route) pair.
 //! Handlers are thin: parse, call one `Registry` method, render.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use super::credentials::{Credentials, client_address};
 use super::{ApiState, RouteLabel};
+use crate::auth::scope::challenge_scope;
 use crate::oci::{Digest, RefError, Reference};
 use crate::service::{Action, Principal};
 
@@ -31,6 +35,7 @@ type HandlerResult = Result<Response, OciError>;
 /// Entry point for every `/v2` request.
 pub async fn dispatch(
     State(state): State<ApiState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -47,9 +52,17 @@ pub async fn dispatch(
     if let Some(repo) = route.repo() {
         span.record("repo.name", repo.as_str());
     }
+    let challenge = Challenge::new(&state, &headers, &method, &route);
+    let principal = match resolve_principal(&state, &headers, connect.as_ref().map(|e| &e.0)).await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let mut res = challenge.apply(e, Some("invalid_token")).into_response();
+            res.extensions_mut().insert(RouteLabel(label));
+            return res;
+        }
+    };
     let query = Query::parse(uri.query());
-    // Authentication arrives with the auth issue; every request is anonymous until then.
-    let principal = Principal::Anonymous;
     // Requests carrying a blob body may legitimately run for a long time; they are bounded by an
     // idle timeout on the body instead. Everything else gets an overall deadline.
     let streams_blob = matches!(
@@ -71,9 +84,84 @@ pub async fn dispatch(
             .into()),
         }
     };
-    let mut res = result.unwrap_or_else(IntoResponse::into_response);
+    let insufficient = matches!(principal, Principal::Token { .. }).then_some("insufficient_scope");
+    let mut res = match result {
+        Ok(res) => res,
+        Err(e) => challenge.apply(e, insufficient).into_response(),
+    };
     res.extensions_mut().insert(RouteLabel(label));
     res
+}
+
+/// Resolves the caller: a registry token, Basic credentials (checked like a login), or nobody.
+async fn resolve_principal(
+    state: &ApiState,
+    headers: &HeaderMap,
+    connect: Option<&ConnectInfo<SocketAddr>>,
+) -> Result<Principal, OciError> {
+    match Credentials::from_headers(headers) {
+        Credentials::None => Ok(Principal::Anonymous),
+        Credentials::Bearer(token) => {
+            let claims = state.registry.verify_registry_token(&token)?;
+            Ok(Principal::Token {
+                subject: claims.sub,
+                access: claims.access,
+            })
+        }
+        Credentials::Basic { username, password } => {
+            let client = client_address(connect);
+            let identity = state.registry.login(&username, &password, &client).await?;
+            Ok(Principal::User(identity))
+        }
+        Credentials::Malformed => Err(crate::service::Error::Unauthorized.into()),
+    }
+}
+
+/// The `WWW-Authenticate` challenge for a request: realm, service and the scope it needs.
+struct Challenge {
+    realm: String,
+    service: String,
+    scope: Option<String>,
+}
+
+impl Challenge {
+    fn new(state: &ApiState, headers: &HeaderMap, method: &Method, route: &OciRoute) -> Self {
+        let scope = match route {
+            OciRoute::Base => None,
+            OciRoute::Catalog => Some("registry:catalog:*".to_owned()),
+            other => other.repo().map(|repo| {
+                let actions: &[Action] = match *method {
+                    Method::GET | Method::HEAD => &[Action::Pull],
+                    Method::DELETE if !matches!(other, OciRoute::Upload(..)) => &[Action::Delete],
+                    _ => &[Action::Pull, Action::Push],
+                };
+                challenge_scope(repo.as_str(), actions)
+            }),
+        };
+        Challenge {
+            realm: format!("{}/auth/token", super::public_base(state, headers)),
+            service: state.registry.service_name().to_owned(),
+            scope,
+        }
+    }
+
+    /// Adds the challenge to a 401 answer; other errors pass through.
+    fn apply(&self, err: OciError, error: Option<&str>) -> OciError {
+        if err.status != StatusCode::UNAUTHORIZED {
+            return err;
+        }
+        let mut value = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm, self.service
+        );
+        if let Some(scope) = &self.scope {
+            value.push_str(&format!(",scope=\"{scope}\""));
+        }
+        if let Some(error) = error {
+            value.push_str(&format!(",error=\"{error}\""));
+        }
+        err.header(header::WWW_AUTHENTICATE, value)
+    }
 }
 
 /// A request body that fails when the client sends nothing for longer than the idle timeout.
@@ -140,8 +228,14 @@ async fn handle(
     }
     let head = *method == Method::HEAD;
     match (method.clone(), route) {
-        (Method::GET | Method::HEAD, OciRoute::Base) => Ok(base()),
-        (Method::GET, OciRoute::Catalog) => listing::catalog(reg, query).await,
+        (Method::GET | Method::HEAD, OciRoute::Base) => {
+            if *principal == Principal::Anonymous {
+                // Clients (docker login among them) learn from this 401 where to get tokens.
+                return Err(crate::service::Error::Unauthorized.into());
+            }
+            Ok(base())
+        }
+        (Method::GET, OciRoute::Catalog) => listing::catalog(reg, principal, query).await,
         (Method::GET, OciRoute::Tags(repo)) => listing::list_tags(reg, &repo, query).await,
         (Method::GET | Method::HEAD, OciRoute::Manifest(repo, r)) => {
             manifests::get_manifest(reg, &repo, &r, headers, head).await

@@ -1,48 +1,244 @@
-//! The single access-decision step every registry request goes through.
+//! The single access-decision step every request goes through.
 //!
-//! Handlers never decide access themselves: the API layer asks [`Registry::authorize`] for the
-//! (principal, repository, action) of each request before calling a use case. Today every caller is
-//! anonymous and every action is allowed; authentication plugs in here without touching handlers.
+//! Handlers never decide access themselves: the API layer resolves the caller into a
+//! [`Principal`] and asks [`Registry::authorize`] for each (repository, action) before calling a use
+//! case; the token endpoint asks [`Registry::grant_scopes`] what a token may carry. Both read the
+//! same facts (visibility, namespace ownership, org role, grants, API key scope) and combine them
+//! with the pure `auth::effective_permission`.
+//! Invariant: a private repository looks exactly like a missing one to whoever may not read it.
 
-use super::{Registry, Result};
+use crate::auth::permission::{AccessFacts, KeyCap, OrgRole, Permission};
+use crate::auth::scope::{AccessEntry, REGISTRY, REPOSITORY, Scope, WILDCARD};
 use crate::oci::RepoName;
+
+pub use crate::auth::permission::Action;
+
+use super::{Error, Registry, Result};
+
+/// What an API key may reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Every repository the owner may reach.
+    All,
+    /// Repositories in one namespace.
+    Namespace(String),
+    /// One repository.
+    Repository(String),
+}
+
+/// An API key's restriction of its owner's rights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRestriction {
+    /// The key's id.
+    pub id: String,
+    /// Where it applies.
+    pub scope: KeyScope,
+    /// The most it allows there.
+    pub cap: Permission,
+}
+
+/// An authenticated user, possibly acting through an API key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub user_id: String,
+    /// User name.
+    pub username: String,
+    /// Site administrator.
+    pub is_admin: bool,
+    /// Set when the caller authenticated with an API key.
+    pub key: Option<KeyRestriction>,
+}
+
+impl Identity {
+    fn key_cap(&self, repo: &str) -> KeyCap {
+        match &self.key {
+            None => KeyCap::Unrestricted,
+            Some(k) => {
+                let applies = match &k.scope {
+                    KeyScope::All => true,
+                    KeyScope::Namespace(ns) => repo.split('/').next() == Some(ns.as_str()),
+                    KeyScope::Repository(r) => r == repo,
+                };
+                if applies {
+                    KeyCap::AtMost(k.cap)
+                } else {
+                    KeyCap::Nothing
+                }
+            }
+        }
+    }
+}
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
     /// No credentials were presented.
     Anonymous,
-}
-
-/// What the caller wants to do to a repository.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Read manifests, blobs, tags and referrers.
-    Pull,
-    /// Upload blobs and manifests.
-    Push,
-    /// Delete manifests, tags and blobs.
-    Delete,
+    /// A registry token: it may do exactly what its `access` claim grants.
+    Token {
+        /// The token's subject (a user name, or empty for anonymous tokens).
+        subject: String,
+        /// The granted access.
+        access: Vec<AccessEntry>,
+    },
+    /// An authenticated user (management API).
+    User(Identity),
 }
 
 impl Registry {
+    /// Access facts of `identity` (or anonymous) on `repo`.
+    async fn access_facts(
+        &self,
+        identity: Option<&Identity>,
+        repo: &str,
+    ) -> Result<(AccessFacts, bool)> {
+        let facts = self
+            .identity
+            .repo_facts(repo, identity.map(|i| i.user_id.as_str()))
+            .await?;
+        let access = AccessFacts {
+            is_site_admin: identity.is_some_and(|i| i.is_admin),
+            is_namespace_owner: facts.owns_namespace,
+            org_role: facts
+                .org_role
+                .as_deref()
+                .and_then(|r| r.parse::<OrgRole>().ok()),
+            user_grant: facts.user_grant.as_deref().and_then(|p| p.parse().ok()),
+            team_grants: facts
+                .team_grants
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            public: facts.public,
+            key_cap: identity.map_or(KeyCap::Unrestricted, |i| i.key_cap(repo)),
+        };
+        Ok((access, facts.exists))
+    }
+
+    /// The permission `identity` (or anonymous) has on `repo`, if any.
+    pub async fn permission_on(
+        &self,
+        identity: Option<&Identity>,
+        repo: &str,
+    ) -> Result<Option<Permission>> {
+        let (facts, _) = self.access_facts(identity, repo).await?;
+        Ok(crate::auth::effective_permission(&facts))
+    }
+
     /// Decides whether `principal` may perform `action` on `repo`.
+    ///
+    /// Errors: `Unauthorized` when credentials (or a token with more scope) would help;
+    /// `NameUnknown` when an authenticated user may not even see the repository; `Denied` when
+    /// they may see it but not do this.
     pub async fn authorize(
         &self,
         principal: &Principal,
         repo: &RepoName,
         action: Action,
     ) -> Result<()> {
-        tracing::trace!(?principal, repo.name = %repo, ?action, "access allowed (no authentication configured)");
-        Ok(())
+        let name = repo.as_str();
+        let allowed = match principal {
+            Principal::Anonymous => {
+                action == Action::Pull && self.permission_on(None, name).await?.is_some()
+            }
+            Principal::Token { access, .. } => access
+                .iter()
+                .any(|e| e.grants(REPOSITORY, name, action.as_str())),
+            Principal::User(identity) => {
+                let permission = self.permission_on(Some(identity), name).await?;
+                match permission {
+                    Some(p) if p.allows(action) => true,
+                    Some(_) => return Err(Error::Denied),
+                    None => return Err(Error::NameUnknown),
+                }
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        }
     }
 
-    /// Decides whether `principal` may list the catalog.
+    /// Decides whether `principal` may list the catalog (it sees only what it may read).
     pub async fn authorize_catalog(&self, principal: &Principal) -> Result<()> {
-        tracing::trace!(
-            ?principal,
-            "catalog access allowed (no authentication configured)"
-        );
-        Ok(())
+        match principal {
+            Principal::Anonymous => Err(Error::Unauthorized),
+            Principal::Token { access, .. } => {
+                if access
+                    .iter()
+                    .any(|e| e.grants(REGISTRY, "catalog", WILDCARD))
+                {
+                    Ok(())
+                } else {
+                    Err(Error::Unauthorized)
+                }
+            }
+            Principal::User(_) => Ok(()),
+        }
+    }
+
+    /// What a token for `identity` (or an anonymous one) may carry: for each requested scope, the
+    /// intersection of what was asked and what the caller may do. Denied scopes come back with no
+    /// actions; a partial grant is not an error.
+    pub async fn grant_scopes(
+        &self,
+        identity: Option<&Identity>,
+        scopes: &[Scope],
+    ) -> Result<Vec<AccessEntry>> {
+        let mut granted = Vec::new();
+        for scope in scopes {
+            if scope.is_catalog() {
+                granted.push(AccessEntry {
+                    resource_type: REGISTRY.into(),
+                    name: "catalog".into(),
+                    actions: vec![WILDCARD.into()],
+                });
+                continue;
+            }
+            if !scope.is_repository() || scope.name.parse::<RepoName>().is_err() {
+                continue;
+            }
+            let permission = self.permission_on(identity, &scope.name).await?;
+            let wants_all = scope.actions.contains(WILDCARD);
+            let actions: Vec<String> = Action::ALL
+                .into_iter()
+                .filter(|a| wants_all || scope.actions.contains(a.as_str()))
+                .filter(|a| permission.is_some_and(|p| p.allows(*a)))
+                .map(|a| a.as_str().to_owned())
+                .collect();
+            granted.push(AccessEntry {
+                resource_type: REPOSITORY.into(),
+                name: scope.name.clone(),
+                actions,
+            });
+        }
+        Ok(granted)
+    }
+
+    /// Gives a repository a push just created the configured default visibility.
+    pub(crate) async fn init_visibility(&self, repo: &RepoName) -> Result<()> {
+        Ok(self
+            .identity
+            .init_visibility(repo.as_str(), self.settings.default_visibility)
+            .await?)
+    }
+
+    /// The identity behind a registry token's subject, for filtering the catalog.
+    pub(crate) async fn token_identity(&self, subject: &str) -> Result<Option<Identity>> {
+        if subject.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .identity
+            .user_by_name(subject)
+            .await?
+            .map(|u| Identity {
+                user_id: u.id,
+                username: u.username,
+                is_admin: u.is_admin,
+                key: None,
+            }))
     }
 }

@@ -1,7 +1,7 @@
 //! Tag and catalog listings with keyset pagination: a page costs one index range scan, however
 //! many entries precede it.
 
-use super::{Error, Registry, Result};
+use super::{Error, Principal, Registry, Result};
 use crate::oci::RepoName;
 
 /// One page of a listing.
@@ -46,8 +46,13 @@ impl Registry {
         Ok(paginate(&mut items, size))
     }
 
-    /// A page of repository names after `last`.
-    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+    /// A page of the repository names `principal` may read, after `last`.
+    pub async fn catalog(
+        &self,
+        principal: &Principal,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Page> {
         let size = self.page_size(n);
         if size == 0 {
             return Ok(Page {
@@ -55,7 +60,17 @@ impl Registry {
                 next: None,
             });
         }
-        let mut items = self.meta.list_repositories(last, size + 1).await?;
+        let identity = match principal {
+            Principal::Anonymous => None,
+            Principal::Token { subject, .. } => self.token_identity(subject).await?,
+            Principal::User(identity) => Some(identity.clone()),
+        };
+        let mut items: Vec<String> = self
+            .list_repositories(identity.as_ref(), None, last, size + 1)
+            .await?
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         Ok(paginate(&mut items, size))
     }
 }

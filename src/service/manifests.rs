@@ -66,6 +66,7 @@ impl Registry {
         };
         match self.meta.put_manifest(repo, &new).await? {
             PutManifest::Stored => {
+                self.init_visibility(repo).await?;
                 tracing::info!(repo.name = %repo, manifest.digest = %digest, reference = %reference, "manifest stored");
                 Ok(PushedManifest { digest, subject })
             }

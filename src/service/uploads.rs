@@ -56,6 +56,7 @@ impl Registry {
         self.meta
             .create_upload(repo, &id, &Hasher::new(alg).save())
             .await?;
+        self.init_visibility(repo).await?;
         metrics::counter!("aerugo_upload_sessions_total", "event" => "started").increment(1);
         tracing::debug!(repo.name = %repo, upload.id = %id, "upload started");
         Ok(UploadStatus { id, offset: 0 })
@@ -74,7 +75,11 @@ impl Registry {
             // Whether the source exists is not the caller's business: fall back to an upload.
             return Ok(None);
         }
-        Ok(self.meta.mount_blob(from, repo, digest).await?)
+        let mounted = self.meta.mount_blob(from, repo, digest).await?;
+        if mounted.is_some() {
+            self.init_visibility(repo).await?;
+        }
+        Ok(mounted)
     }
 
     async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadRow> {

@@ -6,10 +6,12 @@
     reason = "tests and their helpers: a failed step is a failed test"
 )]
 
+mod auth;
 mod blobs;
 mod clients;
 mod listing;
 mod manifests;
+mod mgmt;
 mod process;
 mod robustness;
 mod support;

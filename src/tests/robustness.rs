@@ -222,6 +222,7 @@ async fn malformed_requests_get_spec_errors() {
 #[tokio::test]
 async fn raw_garbage_never_yields_a_server_error() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = crate::support::admin_auth_line();
     let node = node().await;
     // Sent raw, because HTTP clients normalize dot segments (even encoded ones) before sending.
     for path in [
@@ -232,7 +233,7 @@ async fn raw_garbage_never_yields_a_server_error() {
     ] {
         let mut s = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();
@@ -243,11 +244,18 @@ async fn raw_garbage_never_yields_a_server_error() {
         assert!(text.contains("NAME_INVALID"), "{path}: {text}");
     }
     let requests = [
-        "GET /v2/%ZZ/tags/list HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
-        "GET /v2/a/blobs/uploads/..%2f..%2fetc HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
-        format!("GET /v2/{}/tags/list HTTP/1.1\r\nHost: x\r\n\r\n", "a/".repeat(3000)),
-        "PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: x\r\nContent-Range: \u{00ff}\r\nContent-Length: 0\r\n\r\n".to_owned(),
-        "GET /v2/a/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 HTTP/1.1\r\nHost: x\r\nRange: bytes=99999999999999999999999-\r\n\r\n".to_owned(),
+        format!("GET /v2/%ZZ/tags/list HTTP/1.1\r\nHost: x\r\n{auth}\r\n"),
+        format!("GET /v2/a/blobs/uploads/..%2f..%2fetc HTTP/1.1\r\nHost: x\r\n{auth}\r\n"),
+        format!(
+            "GET /v2/{}/tags/list HTTP/1.1\r\nHost: x\r\n{auth}\r\n",
+            "a/".repeat(3000)
+        ),
+        format!(
+            "PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: x\r\n{auth}Content-Range: \u{00ff}\r\nContent-Length: 0\r\n\r\n"
+        ),
+        format!(
+            "GET /v2/a/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 HTTP/1.1\r\nHost: x\r\n{auth}Range: bytes=99999999999999999999999-\r\n\r\n"
+        ),
     ];
     for req in &requests {
         let mut s = tokio::net::TcpStream::connect(node.addr()).await.unwrap();

@@ -7,18 +7,81 @@ use serde_json::Value;
 /// The `aerugo` binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_aerugo");
 
+/// The site admin's password on test nodes.
+pub(crate) const ADMIN_PASSWORD: &str = "admin-test-password";
+
+/// An `Authorization` header line with the site admin's credentials, for raw HTTP requests.
+pub(crate) fn admin_auth_line() -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+    format!("Authorization: Basic {token}\r\n")
+}
+
+/// A node under test; `client()` is the site admin's client (Basic credentials). On the
+/// PostgreSQL backend it owns the node's private database, dropped with it.
+pub(crate) struct TestNode {
+    node: Node,
+    /// Kept only to be dropped (after the node, which is declared first).
+    _db: Option<aerugo_testkit::postgres::TestDatabase>,
+}
+
+impl TestNode {
+    /// A client authenticated as the site admin.
+    pub(crate) fn client(&self) -> RegistryClient {
+        self.node.client().with_basic("admin", ADMIN_PASSWORD)
+    }
+
+    /// A client without credentials.
+    pub(crate) fn anonymous(&self) -> RegistryClient {
+        self.node.client()
+    }
+}
+
+impl std::ops::Deref for TestNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for TestNode {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+}
+
 /// Starts a node with the embedded defaults (SQLite + fs) in a fresh temporary directory.
-pub(crate) async fn node() -> Node {
+pub(crate) async fn node() -> TestNode {
     node_with(&[]).await
 }
 
+/// The metadata backend the suite runs against: `AERUGO_TEST_BACKEND=sqlite` (default) or
+/// `postgres` (a fresh database per node on `AERUGO_TEST_DATABASE_URL`'s server).
+pub(crate) fn backend() -> String {
+    std::env::var("AERUGO_TEST_BACKEND").unwrap_or_else(|_| "sqlite".into())
+}
+
 /// Starts a node with extra configuration variables.
-pub(crate) async fn node_with(env: &[(&str, &str)]) -> Node {
-    let mut opts = NodeOptions::new(BIN);
+pub(crate) async fn node_with(env: &[(&str, &str)]) -> TestNode {
+    let mut opts = NodeOptions::new(BIN).with_env("AERUGO_AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let db = match backend().as_str() {
+        "sqlite" => None,
+        "postgres" => {
+            let db = aerugo_testkit::postgres::TestDatabase::create()
+                .await
+                .expect("a PostgreSQL database for the test (see the message above)");
+            opts = opts.with_env("AERUGO_DATABASE__URL", db.url());
+            Some(db)
+        }
+        other => panic!("AERUGO_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
+    };
     for (k, v) in env {
         opts = opts.with_env(*k, *v);
     }
-    Node::spawn(opts).await.expect("aerugo node starts")
+    TestNode {
+        node: Node::spawn(opts).await.expect("aerugo node starts"),
+        _db: db,
+    }
 }
 
 /// A blob of `size` pseudo-random bytes.

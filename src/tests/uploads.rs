@@ -327,13 +327,14 @@ async fn an_upload_survives_a_server_crash_between_chunks() {
 #[tokio::test]
 async fn a_dropped_connection_leaves_no_blob() {
     use tokio::io::AsyncWriteExt;
+    let auth = crate::support::admin_auth_line();
     let node = node().await;
     let c = node.client();
     let b = blob(18, 50_000);
     // Announce more bytes than are sent, then hang up mid-body.
     let mut stream = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
     let req = format!(
-        "POST /v2/drop/a/blobs/uploads/?digest={} HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n",
+        "POST /v2/drop/a/blobs/uploads/?digest={} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 50000\r\n\r\n",
         b.digest
     );
     stream.write_all(req.as_bytes()).await.unwrap();
@@ -353,12 +354,13 @@ async fn a_dropped_connection_leaves_no_blob() {
 #[tokio::test]
 async fn a_stalled_upload_body_times_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = crate::support::admin_auth_line();
     let node =
         crate::support::node_with(&[("AERUGO_SERVER__BODY_IDLE_TIMEOUT_SECONDS", "1")]).await;
     let c = node.client();
     let loc = start(&c, "stall/a").await;
     let mut s = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
-    let req = format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+    let req = format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1000\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     s.write_all(&[7u8; 10]).await.unwrap();
     let mut buf = vec![0u8; 4096];

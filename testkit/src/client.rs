@@ -30,6 +30,7 @@ const STREAM_PIECE: usize = 16 * 1024;
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
+    basic: Option<(String, String)>,
 }
 
 impl RegistryClient {
@@ -51,7 +52,11 @@ impl RegistryClient {
         while base.ends_with('/') {
             base.pop();
         }
-        Self { base, http }
+        Self {
+            base,
+            http,
+            basic: None,
+        }
     }
 
     /// The base URL, without a trailing slash.
@@ -76,10 +81,27 @@ impl RegistryClient {
         }
     }
 
+    /// The same client, sending HTTP Basic credentials with every request
+    /// (registries that accept Basic on their API authenticate each call).
+    pub fn with_basic(mut self, username: &str, password: &str) -> Self {
+        self.basic = Some((username.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// The same client without credentials.
+    pub fn anonymous(mut self) -> Self {
+        self.basic = None;
+        self
+    }
+
     /// Starts an arbitrary request to a path (resolved against the base URL)
-    /// or to an absolute URL.
+    /// or to an absolute URL, with the client's credentials if it has any.
     pub fn request(&self, method: Method, path_or_url: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path_or_url))
+        let rb = self.http.request(method, self.url(path_or_url));
+        match &self.basic {
+            Some((user, pass)) => rb.basic_auth(user, Some(pass)),
+            None => rb,
+        }
     }
 
     /// Starts an upload session with `POST /v2/<repo>/blobs/uploads/` and
@@ -100,8 +122,7 @@ impl RegistryClient {
     pub async fn push_blob_monolithic(&self, repo: &str, blob: &Blob) -> anyhow::Result<String> {
         let upload = self.start_upload(repo).await?;
         let response = self
-            .http
-            .put(with_digest(&upload, &blob.digest))
+            .request(Method::PUT, &with_digest(&upload, &blob.digest))
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_LENGTH, blob.data.len())
             .body(blob.data.clone())
@@ -127,8 +148,7 @@ impl RegistryClient {
             &blob.digest,
         );
         let response = self
-            .http
-            .post(url)
+            .request(Method::POST, &url)
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_LENGTH, blob.data.len())
             .body(blob.data.clone())
@@ -160,8 +180,7 @@ impl RegistryClient {
             let chunk = blob.data.slice(start..end);
             let last = end - 1;
             let response = self
-                .http
-                .patch(&upload)
+                .request(Method::PATCH, &upload)
                 .header(CONTENT_TYPE, OCTET_STREAM)
                 .header(CONTENT_RANGE, format!("{start}-{last}"))
                 .header(CONTENT_LENGTH, chunk.len())
@@ -192,8 +211,7 @@ impl RegistryClient {
             })
             .collect();
         let response = self
-            .http
-            .patch(&upload)
+            .request(Method::PATCH, &upload)
             .header(CONTENT_TYPE, OCTET_STREAM)
             .body(Body::wrap_stream(futures::stream::iter(pieces)))
             .send()
@@ -211,8 +229,7 @@ impl RegistryClient {
     /// expecting `201 Created`, and returns the final `Location`.
     async fn finish_upload(&self, upload: &str, blob: &Blob) -> anyhow::Result<String> {
         let response = self
-            .http
-            .put(with_digest(upload, &blob.digest))
+            .request(Method::PUT, &with_digest(upload, &blob.digest))
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_LENGTH, 0)
             .send()

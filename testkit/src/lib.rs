@@ -12,10 +12,12 @@
 //! - [`clients`] runs real container clients (`skopeo`, `podman`, `docker`,
 //!   `ctr`, `aerugo-oras`) with timeouts and starts their private daemons.
 
+pub mod bench;
 pub mod client;
 pub mod clients;
 pub mod image;
 pub mod node;
+pub mod postgres;
 
 pub use client::RegistryClient;
 pub use image::{Blob, Image};

@@ -358,13 +358,17 @@ impl Node {
     }
 
     /// The environment every node gets before `NodeOptions::env`.
-    fn default_env(&self) -> [(&'static str, String); 4] {
+    fn default_env(&self) -> [(&'static str, String); 5] {
         let dir = self.data_dir.display();
         [
             ("AERUGO_SERVER__LISTEN_ADDRESS", self.addr().to_string()),
             ("AERUGO_SERVER__PUBLIC_URL", self.url()),
             ("AERUGO_DATABASE__URL", format!("sqlite://{dir}/aerugo.db")),
             ("AERUGO_STORAGE__ROOT", format!("{dir}/blobs")),
+            (
+                "AERUGO_AUTH__SIGNING_KEY_FILE",
+                format!("{dir}/token-signing-key.pem"),
+            ),
         ]
     }
 

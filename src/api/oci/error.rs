@@ -138,10 +138,11 @@ impl From<Error> for OciError {
             Error::Unauthorized => Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", msg),
             Error::Denied => Self::new(StatusCode::FORBIDDEN, "DENIED", msg),
             Error::Unsupported(_) => Self::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", msg),
-            Error::TooManyRequests => {
+            Error::TooManyRequests { retry_after_secs } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", msg)
-                    .header(header::RETRY_AFTER, "1".into())
+                    .header(header::RETRY_AFTER, retry_after_secs.to_string())
             }
+            Error::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, "NAME_INVALID", msg),
             Error::Conflict(_) => Self::new(StatusCode::CONFLICT, "DENIED", msg),
             Error::Unavailable(cause) => {
                 let mut e = Self::new(
@@ -277,9 +278,16 @@ mod tests {
                 "UNSUPPORTED",
             ),
             (
-                Error::TooManyRequests,
+                Error::TooManyRequests {
+                    retry_after_secs: 3,
+                },
                 StatusCode::TOO_MANY_REQUESTS,
                 "TOOMANYREQUESTS",
+            ),
+            (
+                Error::Invalid("x".into()),
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
             ),
             (Error::Conflict("x".into()), StatusCode::CONFLICT, "DENIED"),
             (

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{HandlerResult, OciError, Query, hv};
 use crate::oci::RepoName;
-use crate::service::{Page, Registry};
+use crate::service::{Page, Principal, Registry};
 
 fn page_params(query: &Query) -> Result<(Option<u32>, Option<&str>), OciError> {
     let n = match query.get("n") {
@@ -51,8 +51,8 @@ pub(super) async fn list_tags(reg: &Registry, repo: &RepoName, query: &Query) ->
 }
 
 /// `GET /v2/_catalog[?n=&last=]` (distribution extension).
-pub(super) async fn catalog(reg: &Registry, query: &Query) -> HandlerResult {
+pub(super) async fn catalog(reg: &Registry, principal: &Principal, query: &Query) -> HandlerResult {
     let (n, last) = page_params(query)?;
-    let page = reg.catalog(n, last).await?;
+    let page = reg.catalog(principal, n, last).await?;
     respond(json!({ "repositories": page.items }), &page, "/v2/_catalog")
 }

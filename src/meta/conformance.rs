@@ -1,0 +1,1188 @@
+//! The metadata store's conformance suite: one set of test bodies every [`MetaStore`] backend runs
+//! (SQLite on a temporary file, PostgreSQL on a fresh database from the testkit), so the backends
+//! answer every call, edge cases included, the same way.
+//!
+//! Each body takes a fresh, empty store. A missing PostgreSQL server fails the PostgreSQL run with
+//! instructions; it is never skipped.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
+use super::identity::{
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, NamespaceKind, NewUser, RefreshTokenRow,
+    UserRow, UserUpdate, Visibility,
+};
+use super::{
+    BlobCommit, BlobRow, Delete, MetaStore, NewBlob, NewManifest, PutManifest, UploadPart,
+    now_millis,
+};
+use crate::config::DatabaseConfig;
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+/// Tasks racing in the concurrency bodies.
+const RACERS: usize = 16;
+
+fn repo(name: &str) -> RepoName {
+    name.parse().expect("valid repository name")
+}
+
+fn tag(name: &str) -> Tag {
+    name.parse().expect("valid tag")
+}
+
+fn digest(seed: &str) -> Digest {
+    Digest::sha256(seed.as_bytes())
+}
+
+fn part(start: u64, size: u64, key: &str) -> UploadPart {
+    UploadPart {
+        start,
+        size,
+        storage_key: key.to_owned(),
+    }
+}
+
+fn manifest(
+    payload: &str,
+    blobs: &[&Digest],
+    children: &[&Digest],
+    t: Option<&str>,
+) -> NewManifest {
+    NewManifest {
+        digest: Digest::sha256(payload.as_bytes()),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        payload: payload.as_bytes().to_vec(),
+        subject: None,
+        artifact_type: None,
+        annotations: None,
+        blobs: blobs.iter().map(|d| (*d).clone()).collect(),
+        children: children.iter().map(|d| (*d).clone()).collect(),
+        tag: t.map(tag),
+    }
+}
+
+/// Records a verified blob of `size` bytes in `r` through a one-part upload.
+async fn push_blob(store: &dyn MetaStore, r: &RepoName, seed: &str, size: u64) -> Digest {
+    let d = digest(seed);
+    let id = uuid::Uuid::new_v4().to_string();
+    store.create_upload(r, &id, b"state").await.unwrap();
+    let key = format!("objects/{id}/0");
+    assert!(
+        store
+            .advance_upload(&id, 0, &part(0, size, &key), b"s1")
+            .await
+            .unwrap()
+    );
+    let blob = NewBlob {
+        digest: d.clone(),
+        size,
+        storage_key: key,
+    };
+    store
+        .finish_upload(r, &id, size, &blob)
+        .await
+        .unwrap()
+        .unwrap();
+    d
+}
+
+/// Every body, in order, on one fresh store.
+pub(crate) async fn run_all(store: Arc<dyn MetaStore>) {
+    let s = store.as_ref();
+    empty_store_answers(s).await;
+    listings_are_in_byte_order_and_page_by_keyset(s).await;
+    uploads_advance_by_compare_and_set(s).await;
+    finishing_an_upload_records_and_links_the_blob(s).await;
+    mounts_link_only_what_the_source_holds(s).await;
+    refused_manifest_pushes_write_nothing(s).await;
+    manifests_tags_and_indexes(s).await;
+    referenced_content_cannot_be_removed(s).await;
+    referrers_filter_by_artifact_type(s).await;
+    concurrent_advances_have_one_winner(&store).await;
+    concurrent_pushes_to_one_tag_all_land(&store).await;
+    concurrent_repository_creation_and_blob_commits(&store).await;
+}
+
+async fn empty_store_answers(s: &dyn MetaStore) {
+    s.ping().await.unwrap();
+    let r = repo("nothing/here");
+    let d = digest("nothing");
+    assert!(s.list_repositories(None, 10).await.unwrap().is_empty());
+    assert!(!s.repository_exists(&r).await.unwrap());
+    assert!(s.list_tags(&r, None, 10).await.unwrap().is_none());
+    assert!(s.referrers(&r, &d, None).await.unwrap().is_none());
+    assert!(
+        s.manifest(&r, &Reference::Digest(d.clone()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.manifest(&r, &Reference::Tag(tag("latest")))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.blob(&d).await.unwrap().is_none());
+    assert!(s.blob_in_repo(&r, &d).await.unwrap().is_none());
+    assert!(s.upload(&r, "no-such-upload").await.unwrap().is_none());
+    assert!(
+        s.delete_upload(&r, "no-such-upload")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.unlink_blob(&r, &d).await.unwrap(), Delete::NotFound);
+    assert!(!s.delete_tag(&r, &tag("latest")).await.unwrap());
+    assert_eq!(s.delete_manifest(&r, &d).await.unwrap(), Delete::NotFound);
+    let p = part(0, 1, "k");
+    assert!(
+        !s.advance_upload("no-such-upload", 0, &p, b"x")
+            .await
+            .unwrap()
+    );
+    let blob = NewBlob {
+        digest: d.clone(),
+        size: 1,
+        storage_key: "k".into(),
+    };
+    assert!(
+        s.finish_upload(&r, "no-such-upload", 0, &blob)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.blob(&d).await.unwrap().is_none(),
+        "a refused finish records nothing"
+    );
+    let to = repo("mount/target");
+    assert!(s.mount_blob(&r, &to, &d).await.unwrap().is_none());
+    // Nothing above may have created a repository.
+    assert!(s.list_repositories(None, 10).await.unwrap().is_empty());
+    assert!(!s.repository_exists(&to).await.unwrap());
+}
+
+async fn listings_are_in_byte_order_and_page_by_keyset(s: &dyn MetaStore) {
+    // Byte order puts '-' < '.' < '/' < digits < '_' < letters; a locale collation would not.
+    let names = [
+        "b", "a", "a-b", "a.b", "a/b", "a0", "a_b", "ab", "0a", "a/b/c", "a--b",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        s.create_upload(&repo(n), &format!("list-{i}"), b"st")
+            .await
+            .unwrap();
+    }
+    let mut expected: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    expected.sort();
+    assert_eq!(s.list_repositories(None, 100).await.unwrap(), expected);
+    assert!(s.list_repositories(None, 0).await.unwrap().is_empty());
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_repositories(after.as_deref(), 3).await.unwrap();
+        assert!(page.len() <= 3);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected);
+    // `after` need not be an existing name.
+    let from_a = s.list_repositories(Some("a/"), 100).await.unwrap();
+    let want: Vec<String> = expected
+        .iter()
+        .filter(|n| n.as_str() > "a/")
+        .cloned()
+        .collect();
+    assert_eq!(from_a, want);
+    for n in names {
+        assert!(s.repository_exists(&repo(n)).await.unwrap());
+    }
+
+    let r = repo("tags/order");
+    let m = manifest("{\"tags\":1}", &[], &[], None);
+    s.put_manifest(&r, &m).await.unwrap();
+    assert_eq!(s.list_tags(&r, None, 10).await.unwrap(), Some(Vec::new()));
+    let tags = [
+        "latest", "B", "a", "Z", "_x", "a.b", "a-b", "1", "A", "a_b", "v1.0", "V1.0",
+    ];
+    for t in tags {
+        let mut m = m.clone();
+        m.tag = Some(tag(t));
+        assert_eq!(s.put_manifest(&r, &m).await.unwrap(), PutManifest::Stored);
+    }
+    let mut expected: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+    expected.sort();
+    assert_eq!(s.list_tags(&r, None, 100).await.unwrap().unwrap(), expected);
+    assert_eq!(s.list_tags(&r, None, 0).await.unwrap(), Some(Vec::new()));
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_tags(&r, after.as_deref(), 5).await.unwrap().unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected);
+    let after_z = s.list_tags(&r, Some("Z"), 100).await.unwrap().unwrap();
+    let want: Vec<String> = expected
+        .iter()
+        .filter(|t| t.as_str() > "Z")
+        .cloned()
+        .collect();
+    assert_eq!(after_z, want);
+    // Tags of other repositories never leak in.
+    assert_eq!(
+        s.list_tags(&repo("a"), None, 100).await.unwrap(),
+        Some(Vec::new())
+    );
+}
+
+async fn uploads_advance_by_compare_and_set(s: &dyn MetaStore) {
+    let r = repo("uploads/cas");
+    let other = repo("uploads/other");
+    s.create_upload(&other, "elsewhere", b"x").await.unwrap();
+    s.create_upload(&r, "u1", b"state0").await.unwrap();
+    assert!(
+        s.repository_exists(&r).await.unwrap(),
+        "an upload creates its repository"
+    );
+    let row = s.upload(&r, "u1").await.unwrap().unwrap();
+    assert_eq!((row.id.as_str(), row.offset), ("u1", 0));
+    assert_eq!(row.hash_state, b"state0");
+    assert!(row.parts.is_empty());
+    assert!(
+        s.upload(&other, "u1").await.unwrap().is_none(),
+        "sessions belong to one repository"
+    );
+    assert!(
+        s.create_upload(&r, "u1", b"again").await.is_err(),
+        "ids are unique"
+    );
+
+    let p1 = part(0, 5, "objects/u1/0-a");
+    assert!(s.advance_upload("u1", 0, &p1, b"state5").await.unwrap());
+    assert!(
+        !s.advance_upload("u1", 0, &p1, b"replayed").await.unwrap(),
+        "stale offset"
+    );
+    let p2 = part(5, 3, "objects/u1/5-b");
+    assert!(!s.advance_upload("u1", 4, &p2, b"wrong").await.unwrap());
+    assert!(s.advance_upload("u1", 5, &p2, b"state8").await.unwrap());
+    let row = s.upload(&r, "u1").await.unwrap().unwrap();
+    assert_eq!(row.offset, 8);
+    assert_eq!(row.hash_state, b"state8");
+    assert_eq!(row.parts, vec![p1.clone(), p2.clone()]);
+
+    assert!(s.delete_upload(&other, "u1").await.unwrap().is_none());
+    assert!(
+        s.upload(&r, "u1").await.unwrap().is_some(),
+        "a foreign delete changes nothing"
+    );
+    let gone = s.delete_upload(&r, "u1").await.unwrap().unwrap();
+    assert_eq!((gone.offset, gone.parts), (8, vec![p1.clone(), p2]));
+    assert!(s.upload(&r, "u1").await.unwrap().is_none());
+    assert!(s.delete_upload(&r, "u1").await.unwrap().is_none());
+    assert!(!s.advance_upload("u1", 8, &p1, b"late").await.unwrap());
+}
+
+async fn finishing_an_upload_records_and_links_the_blob(s: &dyn MetaStore) {
+    let r = repo("finish/one");
+    let r2 = repo("finish/two");
+    let d = digest("finish");
+    s.create_upload(&r, "f1", b"s").await.unwrap();
+    assert!(
+        s.advance_upload("f1", 0, &part(0, 4, "objects/f1/0"), b"s4")
+            .await
+            .unwrap()
+    );
+    let blob = NewBlob {
+        digest: d.clone(),
+        size: 4,
+        storage_key: "objects/f1/0".into(),
+    };
+    assert!(
+        s.finish_upload(&r, "f1", 3, &blob).await.unwrap().is_none(),
+        "moved on"
+    );
+    assert!(
+        s.finish_upload(&r2, "f1", 4, &blob)
+            .await
+            .unwrap()
+            .is_none(),
+        "other repo"
+    );
+    assert!(
+        s.upload(&r, "f1").await.unwrap().is_some(),
+        "a refused finish keeps the session"
+    );
+    assert!(s.blob(&d).await.unwrap().is_none());
+    assert!(!s.repository_exists(&r2).await.unwrap());
+
+    assert_eq!(
+        s.finish_upload(&r, "f1", 4, &blob).await.unwrap(),
+        Some(BlobCommit::Inserted)
+    );
+    assert!(
+        s.upload(&r, "f1").await.unwrap().is_none(),
+        "finishing ends the session"
+    );
+    let row = BlobRow {
+        digest: d.clone(),
+        size: 4,
+        storage_key: "objects/f1/0".into(),
+    };
+    assert_eq!(s.blob(&d).await.unwrap(), Some(row.clone()));
+    assert_eq!(s.blob_in_repo(&r, &d).await.unwrap(), Some(row.clone()));
+    assert!(s.blob_in_repo(&r2, &d).await.unwrap().is_none());
+    assert!(
+        s.finish_upload(&r, "f1", 4, &blob).await.unwrap().is_none(),
+        "once only"
+    );
+
+    // The same content again, elsewhere: the first row wins and the new bytes are redundant.
+    s.create_upload(&r2, "f2", b"s").await.unwrap();
+    assert!(
+        s.advance_upload("f2", 0, &part(0, 4, "objects/f2/0"), b"s4")
+            .await
+            .unwrap()
+    );
+    let again = NewBlob {
+        storage_key: "objects/f2/0".into(),
+        ..blob
+    };
+    assert_eq!(
+        s.finish_upload(&r2, "f2", 4, &again).await.unwrap(),
+        Some(BlobCommit::AlreadyPresent(row.clone()))
+    );
+    assert_eq!(s.blob_in_repo(&r2, &d).await.unwrap(), Some(row.clone()));
+    assert_eq!(s.blob(&d).await.unwrap(), Some(row));
+}
+
+async fn mounts_link_only_what_the_source_holds(s: &dyn MetaStore) {
+    let from = repo("mount/source");
+    let d = push_blob(s, &from, "mounted", 7).await;
+    let to = repo("mount/dest/nested");
+    let row = s.mount_blob(&from, &to, &d).await.unwrap().unwrap();
+    assert_eq!((row.digest.clone(), row.size), (d.clone(), 7));
+    assert!(s.repository_exists(&to).await.unwrap());
+    assert_eq!(s.blob_in_repo(&to, &d).await.unwrap(), Some(row.clone()));
+    // Mounting twice is harmless.
+    assert_eq!(s.mount_blob(&from, &to, &d).await.unwrap(), Some(row));
+    // A source without the blob mounts nothing and creates nothing, even if the blob exists.
+    let empty = repo("mount/empty-source");
+    let never = repo("mount/never");
+    s.create_upload(&empty, "mount-empty", b"s").await.unwrap();
+    assert!(s.mount_blob(&empty, &never, &d).await.unwrap().is_none());
+    assert!(!s.repository_exists(&never).await.unwrap());
+    assert!(
+        s.mount_blob(&repo("mount/unknown"), &never, &d)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!s.repository_exists(&never).await.unwrap());
+}
+
+async fn refused_manifest_pushes_write_nothing(s: &dyn MetaStore) {
+    let fresh = repo("refused/fresh");
+    let (b1, b2, c1) = (digest("rb1"), digest("rb2"), digest("rc1"));
+    let m = manifest("{\"refused\":1}", &[&b1, &b2], &[&c1], Some("v1"));
+    assert_eq!(
+        s.put_manifest(&fresh, &m).await.unwrap(),
+        PutManifest::MissingReferences(vec![b1.clone(), b2.clone(), c1.clone()])
+    );
+    assert!(
+        !s.repository_exists(&fresh).await.unwrap(),
+        "not even the repository row"
+    );
+    assert!(s.list_tags(&fresh, None, 10).await.unwrap().is_none());
+    let names = s.list_repositories(None, 1000).await.unwrap();
+    assert!(!names.contains(&fresh.as_str().to_owned()));
+
+    // In an existing repository only the missing references are named, blobs before children.
+    let r = repo("refused/existing");
+    let have = push_blob(s, &r, "rhave", 3).await;
+    let m = manifest("{\"refused\":2}", &[&b1, &have, &b2], &[&c1], Some("v1"));
+    assert_eq!(
+        s.put_manifest(&r, &m).await.unwrap(),
+        PutManifest::MissingReferences(vec![b1.clone(), b2.clone(), c1])
+    );
+    assert_eq!(s.list_tags(&r, None, 10).await.unwrap(), Some(Vec::new()));
+    assert!(
+        s.manifest(&r, &Reference::Digest(m.digest.clone()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A blob linked to another repository does not count.
+    let elsewhere = repo("refused/elsewhere");
+    let other = push_blob(s, &elsewhere, "relsewhere", 2).await;
+    let m = manifest("{\"refused\":3}", &[&other], &[], None);
+    assert_eq!(
+        s.put_manifest(&r, &m).await.unwrap(),
+        PutManifest::MissingReferences(vec![other])
+    );
+    // A manifest without references may create its repository.
+    let bare = repo("refused/bare");
+    let m = manifest("{\"bare\":1}", &[], &[], Some("latest"));
+    assert_eq!(
+        s.put_manifest(&bare, &m).await.unwrap(),
+        PutManifest::Stored
+    );
+    assert!(s.repository_exists(&bare).await.unwrap());
+}
+
+async fn manifests_tags_and_indexes(s: &dyn MetaStore) {
+    let r = repo("manifests/app");
+    let config = push_blob(s, &r, "config", 10).await;
+    let layer = push_blob(s, &r, "layer", 20).await;
+    let m1 = manifest("{\"m\":1}", &[&config, &layer, &layer], &[], Some("v1"));
+    assert_eq!(s.put_manifest(&r, &m1).await.unwrap(), PutManifest::Stored);
+    let by_tag = s
+        .manifest(&r, &Reference::Tag(tag("v1")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_tag.digest, m1.digest);
+    assert_eq!(by_tag.media_type, m1.media_type);
+    assert_eq!(by_tag.payload, m1.payload);
+    let by_digest = s
+        .manifest(&r, &Reference::Digest(m1.digest.clone()))
+        .await
+        .unwrap();
+    assert_eq!(by_digest.unwrap().payload, m1.payload);
+    assert!(
+        s.manifest(&repo("manifests/other"), &Reference::Tag(tag("v1")))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The same manifest again, with another tag: both tags point at it.
+    let mut again = m1.clone();
+    again.tag = Some(tag("v2"));
+    assert_eq!(
+        s.put_manifest(&r, &again).await.unwrap(),
+        PutManifest::Stored
+    );
+    assert_eq!(
+        s.list_tags(&r, None, 10).await.unwrap().unwrap(),
+        ["v1", "v2"]
+    );
+    // Pushed by digest only: no tag changes.
+    let mut untagged = m1.clone();
+    untagged.tag = None;
+    assert_eq!(
+        s.put_manifest(&r, &untagged).await.unwrap(),
+        PutManifest::Stored
+    );
+
+    // Moving a tag.
+    let m2 = manifest("{\"m\":2}", &[&config], &[], Some("v1"));
+    assert_eq!(s.put_manifest(&r, &m2).await.unwrap(), PutManifest::Stored);
+    let moved = s
+        .manifest(&r, &Reference::Tag(tag("v1")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.digest, m2.digest);
+    let kept = s
+        .manifest(&r, &Reference::Tag(tag("v2")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.digest, m1.digest);
+
+    // An index over both; a missing child is refused.
+    let mut index = manifest(
+        "{\"index\":1}",
+        &[],
+        &[&m1.digest, &m2.digest],
+        Some("multi"),
+    );
+    index.media_type = "application/vnd.oci.image.index.v1+json".into();
+    assert_eq!(
+        s.put_manifest(&r, &index).await.unwrap(),
+        PutManifest::Stored
+    );
+    let stored = s
+        .manifest(&r, &Reference::Tag(tag("multi")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.media_type, "application/vnd.oci.image.index.v1+json");
+    let ghost = digest("ghost");
+    let bad = manifest("{\"index\":2}", &[], &[&m1.digest, &ghost], Some("bad"));
+    assert_eq!(
+        s.put_manifest(&r, &bad).await.unwrap(),
+        PutManifest::MissingReferences(vec![ghost])
+    );
+    assert!(
+        s.manifest(&r, &Reference::Tag(tag("bad")))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Deleting tags.
+    assert!(s.delete_tag(&r, &tag("v2")).await.unwrap());
+    assert!(!s.delete_tag(&r, &tag("v2")).await.unwrap());
+    assert!(
+        !s.delete_tag(&repo("manifests/unknown"), &tag("v1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.manifest(&r, &Reference::Digest(m1.digest.clone()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.list_tags(&r, None, 10).await.unwrap().unwrap(),
+        ["multi", "v1"]
+    );
+}
+
+async fn referenced_content_cannot_be_removed(s: &dyn MetaStore) {
+    let r = repo("referenced/app");
+    let shared = push_blob(s, &r, "shared-layer", 5).await;
+    let loose = push_blob(s, &r, "loose-layer", 6).await;
+    // More referencing manifests than a `Referenced` answer names.
+    let mut referencing = Vec::new();
+    for i in 0..12 {
+        let m = manifest(&format!("{{\"ref\":{i}}}"), &[&shared], &[], None);
+        assert_eq!(s.put_manifest(&r, &m).await.unwrap(), PutManifest::Stored);
+        referencing.push(m.digest);
+    }
+    referencing.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    match s.unlink_blob(&r, &shared).await.unwrap() {
+        Delete::Referenced(by) => assert_eq!(by, referencing[..10].to_vec()),
+        other => panic!("expected Referenced, got {other:?}"),
+    }
+    assert!(s.blob_in_repo(&r, &shared).await.unwrap().is_some());
+    assert_eq!(s.unlink_blob(&r, &loose).await.unwrap(), Delete::Deleted);
+    assert_eq!(s.unlink_blob(&r, &loose).await.unwrap(), Delete::NotFound);
+    assert!(s.blob_in_repo(&r, &loose).await.unwrap().is_none());
+    assert!(
+        s.blob(&loose).await.unwrap().is_some(),
+        "the blob row itself stays (for GC)"
+    );
+
+    // An index keeps its children.
+    let child = manifest("{\"child\":1}", &[&shared], &[], Some("child"));
+    s.put_manifest(&r, &child).await.unwrap();
+    let index = manifest("{\"parent\":1}", &[], &[&child.digest], Some("parent"));
+    s.put_manifest(&r, &index).await.unwrap();
+    assert_eq!(
+        s.delete_manifest(&r, &child.digest).await.unwrap(),
+        Delete::Referenced(vec![index.digest.clone()])
+    );
+    assert!(
+        s.manifest(&r, &Reference::Tag(tag("child")))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.delete_manifest(&r, &index.digest).await.unwrap(),
+        Delete::Deleted
+    );
+    assert!(
+        s.manifest(&r, &Reference::Tag(tag("parent")))
+            .await
+            .unwrap()
+            .is_none(),
+        "tags go too"
+    );
+    assert_eq!(
+        s.delete_manifest(&r, &index.digest).await.unwrap(),
+        Delete::NotFound
+    );
+    assert_eq!(
+        s.delete_manifest(&r, &child.digest).await.unwrap(),
+        Delete::Deleted
+    );
+    assert_eq!(s.list_tags(&r, None, 10).await.unwrap(), Some(Vec::new()));
+    // Once every referencing manifest is gone, the blob may be unlinked.
+    for d in &referencing {
+        assert_eq!(s.delete_manifest(&r, d).await.unwrap(), Delete::Deleted);
+    }
+    assert_eq!(s.unlink_blob(&r, &shared).await.unwrap(), Delete::Deleted);
+    assert_eq!(
+        s.delete_manifest(&r, &digest("never-pushed"))
+            .await
+            .unwrap(),
+        Delete::NotFound
+    );
+}
+
+async fn referrers_filter_by_artifact_type(s: &dyn MetaStore) {
+    let r = repo("referrers/app");
+    let subject = manifest("{\"subject\":1}", &[], &[], Some("v1"));
+    s.put_manifest(&r, &subject).await.unwrap();
+    assert_eq!(
+        s.referrers(&r, &subject.digest, None)
+            .await
+            .unwrap()
+            .map(|v| v.len()),
+        Some(0)
+    );
+    let mut pushed = Vec::new();
+    for (i, at) in [Some("application/x.sig"), Some("application/x.sbom"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut m = manifest(&format!("{{\"referrer\":{i}}}"), &[], &[], None);
+        m.subject = Some(subject.digest.clone());
+        m.artifact_type = at.map(str::to_owned);
+        m.annotations = Some(format!("{{\"n\":\"{i}\"}}"));
+        assert_eq!(s.put_manifest(&r, &m).await.unwrap(), PutManifest::Stored);
+        pushed.push(m);
+    }
+    let all = s
+        .referrers(&r, &subject.digest, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut want: Vec<&Digest> = pushed.iter().map(|m| &m.digest).collect();
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(all.iter().map(|x| &x.digest).collect::<Vec<_>>(), want);
+    for row in &all {
+        let m = pushed.iter().find(|m| m.digest == row.digest).unwrap();
+        assert_eq!(row.size, m.payload.len() as u64);
+        assert_eq!(row.media_type, m.media_type);
+        assert_eq!(row.artifact_type, m.artifact_type);
+        assert_eq!(row.annotations, m.annotations);
+    }
+    let sigs = s
+        .referrers(&r, &subject.digest, Some("application/x.sig"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sigs.len(), 1);
+    assert_eq!(sigs[0].digest, pushed[0].digest);
+    let none = s
+        .referrers(&r, &subject.digest, Some("application/none"))
+        .await
+        .unwrap();
+    assert_eq!(none.map(|v| v.len()), Some(0));
+    assert!(
+        s.referrers(&repo("referrers/unknown"), &subject.digest, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn concurrent_advances_have_one_winner(store: &Arc<dyn MetaStore>) {
+    let r = repo("race/upload");
+    store.create_upload(&r, "race", b"s0").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let p = part(0, 10, &format!("objects/race/0-{i}"));
+            store
+                .advance_upload("race", 0, &p, format!("s{i}").as_bytes())
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one chunk wins the compare-and-set");
+    let row = store.upload(&r, "race").await.unwrap().unwrap();
+    assert_eq!(row.offset, 10);
+    assert_eq!(row.parts.len(), 1);
+    let winner = row.parts[0]
+        .storage_key
+        .trim_start_matches("objects/race/0-");
+    assert_eq!(
+        row.hash_state,
+        format!("s{winner}").as_bytes(),
+        "state and part agree"
+    );
+}
+
+async fn concurrent_pushes_to_one_tag_all_land(store: &Arc<dyn MetaStore>) {
+    let r = repo("race/tag");
+    let config = push_blob(store.as_ref(), &r, "race-config", 3).await;
+    let mut tasks = Vec::new();
+    let mut digests = BTreeSet::new();
+    for i in 0..RACERS {
+        let m = manifest(&format!("{{\"race\":{i}}}"), &[&config], &[], Some("hot"));
+        digests.insert(m.digest.as_str().to_owned());
+        let (store, r) = (store.clone(), r.clone());
+        tasks.push(tokio::spawn(
+            async move { store.put_manifest(&r, &m).await },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), PutManifest::Stored);
+    }
+    let hot = store
+        .manifest(&r, &Reference::Tag(tag("hot")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        digests.contains(hot.digest.as_str()),
+        "the tag points at one of the pushes"
+    );
+    for d in &digests {
+        let d: Digest = d.parse().unwrap();
+        assert!(
+            store
+                .manifest(&r, &Reference::Digest(d))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(
+        store.list_tags(&r, None, 10).await.unwrap().unwrap(),
+        ["hot"]
+    );
+}
+
+async fn concurrent_repository_creation_and_blob_commits(store: &Arc<dyn MetaStore>) {
+    // Many sessions creating one repository at once: one repository row.
+    let r = repo("race/new-repo");
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let (store, r) = (store.clone(), r.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("new-repo-{i}");
+            store.create_upload(&r, &id, b"s").await?;
+            let key = format!("objects/{id}/0");
+            store
+                .advance_upload(&id, 0, &part(0, 9, &key), b"s9")
+                .await?;
+            let blob = NewBlob {
+                digest: digest("race-same-content"),
+                size: 9,
+                storage_key: key,
+            };
+            store.finish_upload(&r, &id, 9, &blob).await
+        }));
+    }
+    let mut inserted = 0;
+    let mut present = BTreeSet::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Some(BlobCommit::Inserted) => inserted += 1,
+            Some(BlobCommit::AlreadyPresent(row)) => {
+                present.insert(row.storage_key);
+            }
+            None => panic!("every session was at its offset"),
+        }
+    }
+    assert_eq!(inserted, 1, "exactly one upload records the content");
+    assert!(
+        present.len() <= 1,
+        "every later upload sees the one winner: {present:?}"
+    );
+    let names = store.list_repositories(None, 10_000).await.unwrap();
+    assert_eq!(names.iter().filter(|n| n.as_str() == r.as_str()).count(), 1);
+    let row = store
+        .blob_in_repo(&r, &digest("race-same-content"))
+        .await
+        .unwrap()
+        .unwrap();
+    if let Some(key) = present.first() {
+        assert_eq!(&row.storage_key, key);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("meta.db"))
+        .await
+        .unwrap();
+    run_all(Arc::new(store)).await;
+}
+
+/// The store configuration for the database at `url`, otherwise the defaults.
+pub(crate) fn pg_config(url: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        url: url.to_owned(),
+        max_connections: 8,
+        ..DatabaseConfig::default()
+    }
+}
+
+/// A PostgreSQL store on a fresh database, and the database (dropped after the store).
+pub(crate) async fn postgres_store() -> (PostgresStore, aerugo_testkit::postgres::TestDatabase) {
+    let db = aerugo_testkit::postgres::TestDatabase::create()
+        .await
+        .expect("a PostgreSQL server for the metadata tests");
+    let store = PostgresStore::open(&pg_config(db.url())).await.unwrap();
+    (store, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_conforms() {
+    let (store, db) = postgres_store().await;
+    run_all(Arc::new(store.clone())).await;
+    drop(store);
+    db.drop_now().await.unwrap();
+}
+
+// The identity store's bodies: run on the same backends, each on a fresh store.
+
+/// Every identity body, in order, on one fresh store (`meta` and `ids` are the same backend).
+pub(crate) async fn run_identity(meta: &dyn MetaStore, ids: &dyn IdentityStore) {
+    users_share_one_namespace_and_list_in_byte_order(ids).await;
+    orgs_teams_and_memberships(ids).await;
+    repository_access_facts_and_grants(meta, ids).await;
+    api_keys_refresh_tokens_and_login_failures(ids).await;
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        username: name.to_owned(),
+        email: format!("{name}@example.com"),
+        password_hash: format!("hash-{name}"),
+        is_admin: false,
+    }
+}
+
+async fn user(ids: &dyn IdentityStore, name: &str) -> UserRow {
+    ids.create_user(&new_user(name)).await.unwrap().unwrap()
+}
+
+fn names<T>(rows: &[T], f: impl Fn(&T) -> &str) -> Vec<String> {
+    rows.iter().map(|r| f(r).to_owned()).collect()
+}
+
+async fn users_share_one_namespace_and_list_in_byte_order(ids: &dyn IdentityStore) {
+    assert_eq!(ids.count_users().await.unwrap(), 0);
+    assert!(ids.list_users(None, 10).await.unwrap().is_empty());
+    let a = user(ids, "a").await;
+    for name in ["b", "ab", "a-b", "Z"] {
+        user(ids, name).await;
+    }
+    assert_eq!(ids.count_users().await.unwrap(), 5);
+    assert!(ids.create_user(&new_user("a")).await.unwrap().is_none());
+    let listed = ids.list_users(None, 2).await.unwrap();
+    assert_eq!(names(&listed, |u| &u.username), ["Z", "a"]);
+    let listed = ids.list_users(Some("a"), 10).await.unwrap();
+    assert_eq!(names(&listed, |u| &u.username), ["a-b", "ab", "b"]);
+
+    let by_name = ids.user_by_name("a").await.unwrap().unwrap();
+    assert_eq!(
+        (by_name.id.as_str(), by_name.email.as_str(), by_name.is_admin),
+        (a.id.as_str(), "a@example.com", false)
+    );
+    assert_eq!(by_name.created_at, a.created_at);
+    assert!(ids.user_by_name("A").await.unwrap().is_none());
+    assert!(ids.user_by_id("nobody").await.unwrap().is_none());
+
+    let update = UserUpdate {
+        email: Some("new@example.com".into()),
+        is_admin: Some(true),
+        ..UserUpdate::default()
+    };
+    assert!(ids.update_user(&a.id, &update).await.unwrap());
+    let updated = ids.user_by_id(&a.id).await.unwrap().unwrap();
+    assert_eq!(updated.email, "new@example.com");
+    assert_eq!(updated.password_hash, "hash-a");
+    assert!(updated.is_admin);
+    assert!(
+        !ids.update_user("nobody", &UserUpdate::default())
+            .await
+            .unwrap()
+    );
+    assert_eq!(ids.delete_user("nobody").await.unwrap(), Ok(false));
+
+    // A user's name is a namespace: no organization may take it.
+    assert!(ids.create_org("a", &a.id).await.unwrap().is_none());
+}
+
+async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
+    let owner = user(ids, "owner").await;
+    let member = user(ids, "member").await;
+    let acme = ids.create_org("acme", &owner.id).await.unwrap().unwrap();
+    assert!(ids.create_org("acme", &member.id).await.unwrap().is_none());
+    assert!(ids.create_user(&new_user("acme")).await.unwrap().is_none());
+    let zeta = ids.create_org("Zeta", &member.id).await.unwrap().unwrap();
+    assert_eq!(ids.org_by_name("acme").await.unwrap().unwrap().id, acme.id);
+    assert!(ids.org_by_name("owner").await.unwrap().is_none());
+
+    let all = ids.list_orgs(None, None, 10).await.unwrap();
+    assert_eq!(names(&all, |o| &o.name), ["Zeta", "acme"]);
+    let after = ids.list_orgs(None, Some("Zeta"), 10).await.unwrap();
+    assert_eq!(names(&after, |o| &o.name), ["acme"]);
+    let mine = ids.list_orgs(Some(&member.id), None, 10).await.unwrap();
+    assert_eq!(names(&mine, |o| &o.name), ["Zeta"]);
+
+    ids.set_org_member(&acme.id, &member.id, "member")
+        .await
+        .unwrap();
+    ids.set_org_member(&acme.id, &member.id, "admin")
+        .await
+        .unwrap();
+    let members = ids.org_members(&acme.id).await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| (m.username.as_str(), m.role.as_str()))
+            .collect::<Vec<_>>(),
+        [("member", "admin"), ("owner", "owner")]
+    );
+    assert_eq!(
+        ids.list_orgs(Some(&member.id), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // The last owner cannot go; a second owner frees them.
+    let refused = ids.delete_user(&owner.id).await.unwrap();
+    assert!(refused.unwrap_err().contains("last owner of organization acme"));
+
+    let devs = ids.create_team(&acme.id, "devs").await.unwrap().unwrap();
+    assert!(ids.create_team(&acme.id, "devs").await.unwrap().is_none());
+    ids.create_team(&acme.id, "Ops").await.unwrap().unwrap();
+    ids.create_team(&zeta.id, "devs").await.unwrap().unwrap();
+    assert_eq!(ids.team(&acme.id, "devs").await.unwrap().unwrap().id, devs.id);
+    assert!(ids.team(&acme.id, "nope").await.unwrap().is_none());
+    let teams = ids.list_teams(&acme.id).await.unwrap();
+    assert_eq!(names(&teams, |t| &t.name), ["Ops", "devs"]);
+
+    ids.add_team_member(&devs.id, &member.id).await.unwrap();
+    ids.add_team_member(&devs.id, &member.id).await.unwrap();
+    ids.add_team_member(&devs.id, &owner.id).await.unwrap();
+    let in_team = ids.team_members(&devs.id).await.unwrap();
+    assert_eq!(
+        in_team
+            .iter()
+            .map(|m| (m.username.as_str(), m.role.as_str()))
+            .collect::<Vec<_>>(),
+        [("member", "member"), ("owner", "member")]
+    );
+    assert!(ids.remove_team_member(&devs.id, &owner.id).await.unwrap());
+    assert!(!ids.remove_team_member(&devs.id, &owner.id).await.unwrap());
+    // Leaving the org leaves its teams.
+    assert!(ids.remove_org_member(&acme.id, &member.id).await.unwrap());
+    assert!(!ids.remove_org_member(&acme.id, &member.id).await.unwrap());
+    assert!(ids.team_members(&devs.id).await.unwrap().is_empty());
+    assert!(ids.delete_team(&devs.id).await.unwrap());
+    assert!(!ids.delete_team(&devs.id).await.unwrap());
+    assert_eq!(names(&ids.list_teams(&acme.id).await.unwrap(), |t| &t.name), ["Ops"]);
+
+    assert_eq!(ids.delete_org(&acme.id).await.unwrap(), Ok(true));
+    assert_eq!(ids.delete_org(&acme.id).await.unwrap(), Ok(false));
+    assert!(ids.org_by_name("acme").await.unwrap().is_none());
+    assert!(ids.list_teams(&acme.id).await.unwrap().is_empty());
+    assert_eq!(ids.delete_user(&owner.id).await.unwrap(), Ok(true));
+    assert!(ids.user_by_name("owner").await.unwrap().is_none());
+    // The name is free again.
+    user(ids, "owner").await;
+}
+
+async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn IdentityStore) {
+    let carol = user(ids, "carol").await;
+    let dave = user(ids, "dave").await;
+    let corp = ids.create_org("corp", &carol.id).await.unwrap().unwrap();
+    let all_repos = ["carol/app", "corp/api", "corp/web", "corpus/x", "other/thing"];
+    for name in all_repos {
+        push_blob(meta, &repo(name), name, 1).await;
+        ids.init_visibility(name, Visibility::Private).await.unwrap();
+    }
+    // Only a repository without a visibility takes the initial one.
+    ids.init_visibility("corp/web", Visibility::Public)
+        .await
+        .unwrap();
+    assert!(ids.set_visibility("other/thing", Visibility::Public).await.unwrap());
+    assert!(!ids.set_visibility("no/repo", Visibility::Public).await.unwrap());
+    let summary = ids.repository("corp/web").await.unwrap().unwrap();
+    assert_eq!((summary.name.as_str(), summary.visibility), ("corp/web", Visibility::Private));
+    assert!(ids.repository("no/repo").await.unwrap().is_none());
+
+    // Tags with their sizes: the manifest plus its blobs.
+    let r = repo("corp/api");
+    let config = push_blob(meta, &r, "api-config", 7).await;
+    let m = manifest("{\"api\":1}", &[&config], &[], Some("v1"));
+    assert_eq!(meta.put_manifest(&r, &m).await.unwrap(), PutManifest::Stored);
+    let tags = ids.repository_tags("corp/api").await.unwrap();
+    assert_eq!(tags.len(), 1);
+    assert_eq!((tags[0].name.as_str(), tags[0].digest.as_str()), ("v1", m.digest.as_str()));
+    assert_eq!(tags[0].size, m.payload.len() as u64 + 7);
+    assert!(ids.repository_tags("no/repo").await.unwrap().is_empty());
+
+    let facts = ids.repo_facts("nobody/x", None).await.unwrap();
+    assert!(!facts.exists && !facts.public && facts.namespace.is_none());
+    let facts = ids.repo_facts("carol/app", Some(&carol.id)).await.unwrap();
+    assert!(facts.exists && !facts.public && facts.owns_namespace);
+    assert_eq!(facts.namespace, Some(("carol".into(), NamespaceKind::User)));
+    assert!(!ids.repo_facts("carol/app", Some(&dave.id)).await.unwrap().owns_namespace);
+    let facts = ids.repo_facts("corp/api", Some(&carol.id)).await.unwrap();
+    assert_eq!(facts.namespace, Some(("corp".into(), NamespaceKind::Org)));
+    assert_eq!(facts.org_role.as_deref(), Some("owner"));
+    assert!(ids.repo_facts("other/thing", None).await.unwrap().public);
+
+    let team = ids.create_team(&corp.id, "devs").await.unwrap().unwrap();
+    ids.add_team_member(&team.id, &dave.id).await.unwrap();
+    let to_dave = GrantSubject::User(dave.id.clone());
+    let to_team = GrantSubject::Team(team.id.clone());
+    assert!(ids.grant("corp/api", &to_dave, "read").await.unwrap());
+    assert!(ids.grant("corp/api", &to_dave, "write").await.unwrap());
+    assert!(ids.grant("corp/api", &to_team, "read").await.unwrap());
+    assert!(!ids.grant("no/repo", &to_dave, "read").await.unwrap());
+    let facts = ids.repo_facts("corp/api", Some(&dave.id)).await.unwrap();
+    assert_eq!(facts.org_role, None);
+    assert_eq!(facts.user_grant.as_deref(), Some("write"));
+    assert_eq!(facts.team_grants, ["read"]);
+    let grants = ids.grants("corp/api").await.unwrap();
+    let grant = |kind: &str, name: &str, permission: &str| GrantRow {
+        subject_kind: kind.into(),
+        subject_name: name.into(),
+        permission: permission.into(),
+    };
+    assert_eq!(
+        grants,
+        [grant("team", "corp/devs", "read"), grant("user", "dave", "write")]
+    );
+
+    let visible = |user: Option<String>, all: bool, ns: Option<&'static str>, after: Option<&'static str>| {
+        async move {
+            let rows = ids
+                .visible_repositories(user.as_deref(), all, ns, after, 100)
+                .await
+                .unwrap();
+            names(&rows, |r| &r.name)
+        }
+    };
+    assert_eq!(visible(None, true, None, None).await, all_repos);
+    assert_eq!(visible(None, false, None, None).await, ["other/thing"]);
+    assert_eq!(
+        visible(Some(carol.id.clone()), false, None, None).await,
+        ["carol/app", "corp/api", "corp/web", "other/thing"]
+    );
+    assert_eq!(
+        visible(Some(dave.id.clone()), false, None, None).await,
+        ["corp/api", "other/thing"]
+    );
+    assert_eq!(visible(None, true, Some("corp"), None).await, ["corp/api", "corp/web"]);
+    assert_eq!(visible(None, true, Some("corp"), Some("corp/api")).await, ["corp/web"]);
+    assert!(visible(None, true, Some("corp/api"), None).await.is_empty());
+    let page = ids.visible_repositories(None, true, None, None, 2).await.unwrap();
+    assert_eq!(names(&page, |r| &r.name), ["carol/app", "corp/api"]);
+
+    assert!(ids.revoke("corp/api", &to_dave).await.unwrap());
+    assert!(!ids.revoke("corp/api", &to_dave).await.unwrap());
+    assert_eq!(ids.grants("corp/api").await.unwrap().len(), 1);
+
+    // Namespaces holding repositories cannot be deleted.
+    let refused = ids.delete_user(&carol.id).await.unwrap().unwrap_err();
+    assert!(refused.contains("carol"), "{refused}");
+    let refused = ids.delete_org(&corp.id).await.unwrap().unwrap_err();
+    assert!(refused.contains("corp"), "{refused}");
+
+    assert!(ids.delete_repository("corp/api").await.unwrap());
+    assert!(!ids.delete_repository("corp/api").await.unwrap());
+    assert!(ids.repository("corp/api").await.unwrap().is_none());
+    assert!(ids.grants("corp/api").await.unwrap().is_empty());
+    assert!(!meta.repository_exists(&r).await.unwrap());
+    assert!(ids.delete_repository("corp/web").await.unwrap());
+    // "corpus/x" is not in "corp".
+    assert_eq!(ids.delete_org(&corp.id).await.unwrap(), Ok(true));
+    assert!(ids.delete_repository("carol/app").await.unwrap());
+    assert_eq!(ids.delete_user(&carol.id).await.unwrap(), Ok(true));
+}
+
+async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
+    let eve = user(ids, "eve").await;
+    let key = |id: &str, name: &str| ApiKeyRow {
+        id: id.into(),
+        user_id: eve.id.clone(),
+        name: name.into(),
+        secret_hash: vec![1, 2, 3, 255],
+        scope_kind: "repository".into(),
+        scope_name: "eve/app".into(),
+        permission: "write".into(),
+        expires_at: Some(now_millis() + 60_000),
+        revoked_at: None,
+        created_at: now_millis(),
+    };
+    assert!(ids.create_api_key(&key("k1", "b-key")).await.unwrap());
+    assert!(ids.create_api_key(&key("k2", "A-key")).await.unwrap());
+    assert!(!ids.create_api_key(&key("k3", "b-key")).await.unwrap());
+    let k1 = ids.api_key("k1").await.unwrap().unwrap();
+    assert_eq!(
+        (k1.name.as_str(), k1.secret_hash.as_slice(), k1.scope_name.as_str()),
+        ("b-key", &[1u8, 2, 3, 255][..], "eve/app")
+    );
+    assert!(k1.expires_at.is_some() && k1.revoked_at.is_none());
+    assert!(ids.api_key("k3").await.unwrap().is_none());
+    let listed = ids.list_api_keys(&eve.id).await.unwrap();
+    assert_eq!(names(&listed, |k| &k.name), ["A-key", "b-key"]);
+    assert!(!ids.revoke_api_key("someone", "k1").await.unwrap());
+    assert!(ids.revoke_api_key(&eve.id, "k1").await.unwrap());
+    assert!(!ids.revoke_api_key(&eve.id, "k1").await.unwrap());
+    assert!(ids.api_key("k1").await.unwrap().unwrap().revoked_at.is_some());
+
+    let token = RefreshTokenRow {
+        id: "t1".into(),
+        user_id: eve.id.clone(),
+        service: "registry".into(),
+        secret_hash: vec![9; 32],
+        expires_at: now_millis() + 60_000,
+    };
+    ids.create_refresh_token(&token).await.unwrap();
+    let stored = ids.refresh_token("t1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.user_id.as_str(), stored.service.as_str(), stored.secret_hash.as_slice()),
+        (eve.id.as_str(), "registry", &[9u8; 32][..])
+    );
+    assert_eq!(stored.expires_at, token.expires_at);
+    assert!(ids.refresh_token("t2").await.unwrap().is_none());
+
+    let window = 60_000;
+    assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 0);
+    for n in 1..=3 {
+        assert_eq!(ids.record_login_failure("eve|1.2.3.4", window).await.unwrap(), n);
+    }
+    assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 3);
+    assert_eq!(ids.login_failures("eve|5.6.7.8", window).await.unwrap(), 0);
+    // An expired window counts nothing and starts again.
+    assert_eq!(ids.login_failures("eve|1.2.3.4", 0).await.unwrap(), 0);
+    assert_eq!(ids.record_login_failure("eve|1.2.3.4", 0).await.unwrap(), 1);
+    ids.clear_login_failures("eve|1.2.3.4").await.unwrap();
+    assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 0);
+
+    // Deleting the user removes their keys and tokens.
+    assert_eq!(ids.delete_user(&eve.id).await.unwrap(), Ok(true));
+    assert!(ids.api_key("k2").await.unwrap().is_none());
+    assert!(ids.refresh_token("t1").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_identity_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("meta.db"))
+        .await
+        .unwrap();
+    run_identity(&store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_identity_conforms() {
+    let (store, db) = postgres_store().await;
+    run_identity(&store, &store).await;
+    drop(store);
+    db.drop_now().await.unwrap();
+}

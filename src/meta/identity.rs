@@ -1,0 +1,333 @@
+//! The identity store: users, organizations, teams, repository visibility and grants, API keys,
+//! refresh tokens and login throttling.
+//!
+//! A separate aggregate from [`MetaStore`](super::MetaStore) so the registry's content tables and the
+//! tenancy tables evolve independently; every backend implements both. Secrets are stored hashed:
+//! this module never sees a password or token in clear.
+
+use async_trait::async_trait;
+
+use super::Result;
+
+/// Users and organizations share one name space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceKind {
+    /// A user's personal namespace.
+    User,
+    /// An organization.
+    Org,
+}
+
+/// Repository visibility.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// Anyone, anonymous included, may pull.
+    Public,
+    /// Only those granted access may see it at all.
+    Private,
+}
+
+impl Visibility {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+
+    /// Parses the stored form; anything unknown is private.
+    pub fn parse(s: Option<&str>) -> Visibility {
+        match s {
+            Some("public") => Visibility::Public,
+            _ => Visibility::Private,
+        }
+    }
+}
+
+/// A user.
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    /// Id.
+    pub id: String,
+    /// Login name, also the personal namespace.
+    pub username: String,
+    /// Email address.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Site administrator.
+    pub is_admin: bool,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A user to create.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    /// Login name.
+    pub username: String,
+    /// Email address.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Site administrator.
+    pub is_admin: bool,
+}
+
+/// Changes to a user; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct UserUpdate {
+    /// New email.
+    pub email: Option<String>,
+    /// New password hash.
+    pub password_hash: Option<String>,
+    /// New admin flag.
+    pub is_admin: Option<bool>,
+}
+
+/// An organization.
+#[derive(Clone, Debug)]
+pub struct OrgRow {
+    /// Namespace id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A member of an organization or a team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRow {
+    /// User id.
+    pub user_id: String,
+    /// User name.
+    pub username: String,
+    /// Role (`owner`, `admin`, `member`) for org members; `member` for team members.
+    pub role: String,
+}
+
+/// A team.
+#[derive(Clone, Debug)]
+pub struct TeamRow {
+    /// Id.
+    pub id: String,
+    /// Owning organization's id.
+    pub org_id: String,
+    /// Name, unique in the org.
+    pub name: String,
+}
+
+/// Everything access decisions need about one repository and one user, read together.
+#[derive(Clone, Debug, Default)]
+pub struct RepoFacts {
+    /// Whether the repository exists.
+    pub exists: bool,
+    /// Its visibility (private when it does not exist).
+    pub public: bool,
+    /// The namespace named by the repository's first path component, if it exists.
+    pub namespace: Option<(String, NamespaceKind)>,
+    /// The user's name equals that namespace (their personal namespace).
+    pub owns_namespace: bool,
+    /// The user's role in that namespace's organization.
+    pub org_role: Option<String>,
+    /// A direct grant to the user on the repository.
+    pub user_grant: Option<String>,
+    /// Grants to teams the user belongs to.
+    pub team_grants: Vec<String>,
+}
+
+/// A repository as the management API lists it.
+#[derive(Clone, Debug)]
+pub struct RepoSummary {
+    /// Full name.
+    pub name: String,
+    /// Visibility.
+    pub visibility: Visibility,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// One tag of a repository with its manifest.
+#[derive(Clone, Debug)]
+pub struct TagSummary {
+    /// Tag name.
+    pub name: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Manifest media type.
+    pub media_type: String,
+    /// Manifest size plus the sizes of the blobs it references.
+    pub size: u64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// A grant as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRow {
+    /// `user` or `team`.
+    pub subject_kind: String,
+    /// User name, or `org/team` for teams.
+    pub subject_name: String,
+    /// `read`, `write` or `admin`.
+    pub permission: String,
+}
+
+/// Who a grant goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantSubject {
+    /// A user, by id.
+    User(String),
+    /// A team, by id.
+    Team(String),
+}
+
+/// An API key.
+#[derive(Clone, Debug)]
+pub struct ApiKeyRow {
+    /// Id (also embedded in the secret).
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Name, unique per user.
+    pub name: String,
+    /// SHA-256 of the secret.
+    pub secret_hash: Vec<u8>,
+    /// `all`, `namespace` or `repository`.
+    pub scope_kind: String,
+    /// The namespace or repository name (empty for `all`).
+    pub scope_name: String,
+    /// Permission cap.
+    pub permission: String,
+    /// Expiry, milliseconds since the epoch.
+    pub expires_at: Option<i64>,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A refresh token.
+#[derive(Clone, Debug)]
+pub struct RefreshTokenRow {
+    /// Id (embedded in the secret).
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// The service (audience) it was issued for.
+    pub service: String,
+    /// SHA-256 of the secret.
+    pub secret_hash: Vec<u8>,
+    /// Expiry, milliseconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// The identity store contract.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Number of users.
+    async fn count_users(&self) -> Result<u64>;
+    /// Creates a user and its namespace; `None` when the name is taken (by a user or an org).
+    async fn create_user(&self, user: &NewUser) -> Result<Option<UserRow>>;
+    /// A user by name.
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>>;
+    /// A user by id.
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>>;
+    /// Users after `after`, by name.
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserRow>>;
+    /// Updates a user; `false` when unknown.
+    async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<bool>;
+    /// Deletes a user with their memberships, grants, keys and tokens; `Err`-free `false` when the
+    /// user is unknown. Refused (returns `Some(reason)`) while their namespace holds repositories
+    /// or they are the last owner of an organization.
+    async fn delete_user(&self, id: &str) -> Result<std::result::Result<bool, String>>;
+
+    /// Creates an organization owned by `owner`; `None` when the name is taken.
+    async fn create_org(&self, name: &str, owner: &str) -> Result<Option<OrgRow>>;
+    /// An organization by name.
+    async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>>;
+    /// Organizations after `after`; only those `member` belongs to when given.
+    async fn list_orgs(
+        &self,
+        member: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OrgRow>>;
+    /// Deletes an organization with its teams and memberships; refused (`Some(reason)`) while it
+    /// holds repositories.
+    async fn delete_org(&self, id: &str) -> Result<std::result::Result<bool, String>>;
+    /// Adds a member or changes their role.
+    async fn set_org_member(&self, org: &str, user: &str, role: &str) -> Result<()>;
+    /// Removes a member (and their team memberships in the org); `false` when not a member.
+    async fn remove_org_member(&self, org: &str, user: &str) -> Result<bool>;
+    /// Members of an organization.
+    async fn org_members(&self, org: &str) -> Result<Vec<MemberRow>>;
+
+    /// Creates a team; `None` when the name is taken in the org.
+    async fn create_team(&self, org: &str, name: &str) -> Result<Option<TeamRow>>;
+    /// A team by org id and name.
+    async fn team(&self, org: &str, name: &str) -> Result<Option<TeamRow>>;
+    /// Teams of an organization.
+    async fn list_teams(&self, org: &str) -> Result<Vec<TeamRow>>;
+    /// Deletes a team with its memberships and grants.
+    async fn delete_team(&self, team: &str) -> Result<bool>;
+    /// Adds a user to a team.
+    async fn add_team_member(&self, team: &str, user: &str) -> Result<()>;
+    /// Removes a user from a team.
+    async fn remove_team_member(&self, team: &str, user: &str) -> Result<bool>;
+    /// Members of a team.
+    async fn team_members(&self, team: &str) -> Result<Vec<MemberRow>>;
+
+    /// Facts about `repo` (and its namespace) for `user`, in one read.
+    async fn repo_facts(&self, repo: &str, user: Option<&str>) -> Result<RepoFacts>;
+    /// Gives a repository that has no visibility yet (just created by a push) `visibility`.
+    async fn init_visibility(&self, repo: &str, visibility: Visibility) -> Result<()>;
+    /// Sets a repository's visibility; `false` when unknown.
+    async fn set_visibility(&self, repo: &str, visibility: Visibility) -> Result<bool>;
+    /// A repository's summary.
+    async fn repository(&self, repo: &str) -> Result<Option<RepoSummary>>;
+    /// Tags of a repository with sizes, by name.
+    async fn repository_tags(&self, repo: &str) -> Result<Vec<TagSummary>>;
+    /// Repositories after `after` that `user` may see (all when `user` is `None` and `all`),
+    /// optionally only in `namespace`.
+    async fn visible_repositories(
+        &self,
+        user: Option<&str>,
+        all: bool,
+        namespace: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RepoSummary>>;
+    /// Deletes a repository's tags, manifests, links, grants and the repository itself (blobs
+    /// stay for garbage collection); `false` when unknown.
+    async fn delete_repository(&self, repo: &str) -> Result<bool>;
+    /// Grants `permission` on `repo` to `subject` (replacing an earlier grant).
+    async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool>;
+    /// Revokes a grant; `false` when there was none.
+    async fn revoke(&self, repo: &str, subject: &GrantSubject) -> Result<bool>;
+    /// Grants on a repository.
+    async fn grants(&self, repo: &str) -> Result<Vec<GrantRow>>;
+
+    /// Stores an API key.
+    async fn create_api_key(&self, key: &ApiKeyRow) -> Result<bool>;
+    /// An API key by id.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRow>>;
+    /// A user's API keys.
+    async fn list_api_keys(&self, user: &str) -> Result<Vec<ApiKeyRow>>;
+    /// Revokes one of a user's API keys; `false` when unknown or already revoked.
+    async fn revoke_api_key(&self, user: &str, id: &str) -> Result<bool>;
+
+    /// Stores a refresh token.
+    async fn create_refresh_token(&self, token: &RefreshTokenRow) -> Result<()>;
+    /// A refresh token by id.
+    async fn refresh_token(&self, id: &str) -> Result<Option<RefreshTokenRow>>;
+
+    /// Failed logins for `key` in the window starting `window_ms` ago.
+    async fn login_failures(&self, key: &str, window_ms: i64) -> Result<u32>;
+    /// Counts one failed login for `key` and returns the count in the current window.
+    async fn record_login_failure(&self, key: &str, window_ms: i64) -> Result<u32>;
+    /// Forgets failures for `key` after a successful login.
+    async fn clear_login_failures(&self, key: &str) -> Result<()>;
+}
