@@ -104,13 +104,16 @@ mkdir -p "$PREFIX/bin"
 helper_tmp=$(mktemp)
 trap 'rm -f "$helper_tmp"' EXIT
 { echo "#!$VENV/bin/python"; cat <<'PY'
-"""aerugo-oras: tiny ORAS-style CLI on top of oras-py (PyPI `oras`), for plain-HTTP, no-auth registries.
+"""aerugo-oras: tiny ORAS-style CLI on top of oras-py (PyPI `oras`), for plain-HTTP registries.
 
-  aerugo-oras push      [--plain-http] REF FILE[:MEDIATYPE]... [--artifact-type T] [--subject REF|DIGEST]
-                        [--annotation K=V]... [--no-fallback-tag]
-  aerugo-oras pull      [--plain-http] REF [-o DIR]
-  aerugo-oras referrers [--plain-http] REF[@DIGEST|:TAG] [--artifact-type T]
-  aerugo-oras resolve   [--plain-http] REF       (prints digest, mediaType, size of a manifest)
+  aerugo-oras push      [--plain-http] [AUTH] REF FILE[:MEDIATYPE]... [--artifact-type T]
+                        [--subject REF|DIGEST] [--annotation K=V]... [--no-fallback-tag]
+  aerugo-oras pull      [--plain-http] [AUTH] REF [-o DIR]
+  aerugo-oras referrers [--plain-http] [AUTH] REF[@DIGEST|:TAG] [--artifact-type T]
+  aerugo-oras resolve   [--plain-http] [AUTH] REF       (prints digest, mediaType, size of a manifest)
+
+  AUTH: -u/--username USER -p/--password PASSWORD (default: anonymous).  oras-py ignores
+  DOCKER_CONFIG (it reads only ~/.docker/config.json), so credentials are passed explicitly.
 
 REF is HOST:PORT/REPO[:TAG][@DIGEST].  --subject takes a full REF or a bare sha256:... digest
 (same repository as REF).  The artifact manifest is an OCI image manifest with "artifactType" set
@@ -120,15 +123,24 @@ If the registry does not answer the manifest PUT with an `OCI-Subject` header (n
 e.g. distribution 2.8), the referrers tag schema fallback (tag sha256-<hex> = OCI index) is kept
 up to date, as the OCI distribution-spec 1.1 requires of clients; `referrers` reads the API first
 and falls back to that tag on 404.
+
+Authentication uses oras-py's token backend (Docker token auth: on a 401 it asks the challenge's
+realm for a token, with Basic credentials when given).  oras-py 0.2.43 keeps the first token it gets
+and, on a later 401, retries with that same token; it asks for a new one only after a 403
+(`Registry.do_request` / `TokenAuth.authenticate_request`).  A push starts with `HEAD blob`, whose
+challenge asks for `pull` only, so the following `POST .../blobs/uploads/` is answered
+401 `insufficient_scope` again and again and the push fails ("Issue retrieving session url").
+Like the Go `oras` CLI (oras-go asks for `pull,push` up front), `push` therefore fetches a
+`repository:<name>:pull,push` token through oras-py's own `request_token` before it starts.
 """
 import argparse
 import hashlib
 import json
 import os
 import sys
+import urllib.parse
 
-import requests
-
+import oras.auth.utils
 import oras.container
 import oras.oci
 import oras.provider
@@ -152,10 +164,30 @@ def base(args, registry):
     return f"{'http' if args.plain_http else 'https'}://{registry}/v2"
 
 
-def head_manifest(args, ref):
+def make_client(args, registry, repo, push=False):
+    """An oras-py client with the credentials; for a push, holding a pull,push token for `repo`."""
+    client = oras.provider.Registry(insecure=args.plain_http)
+    if args.username is None:
+        return client
+    client.auth.set_basic_auth(args.username, args.password or "")
+    if push:
+        # Work around oras-py's token reuse (see the module doc): get the push token first.
+        ping = client.session.get(f"{base(args, registry)}/")
+        challenge = ping.headers.get("Www-Authenticate", "")
+        if ping.status_code == 401 and challenge.lower().startswith("bearer "):
+            h = oras.auth.utils.parse_auth_header(challenge)
+            h.scope = f"repository:{repo}:pull,push"
+            token = client.auth.request_token(h)
+            if not token:
+                sys.exit(f"aerugo-oras: no token for {h.scope} from {h.realm}")
+            client.auth.token = token
+    return client
+
+
+def head_manifest(args, client, ref):
     c, reg, repo = split_ref(ref)
     r = c.digest or c.tag
-    resp = requests.get(f"{base(args, reg)}/{repo}/manifests/{r}", headers={"Accept": ACCEPT})
+    resp = client.do_request(f"{base(args, reg)}/{repo}/manifests/{r}", "GET", headers={"Accept": ACCEPT})
     if resp.status_code != 200:
         sys.exit(f"aerugo-oras: GET manifest {ref}: HTTP {resp.status_code} {resp.text[:200]}")
     body = resp.content
@@ -165,11 +197,13 @@ def head_manifest(args, ref):
 
 def cmd_push(args):
     c, reg, repo = split_ref(args.ref)
-    client = oras.provider.Registry(insecure=args.plain_http)
+    client = make_client(args, reg, repo, push=True)
     subject = None
     if args.subject:
         sref = args.subject if "/" in args.subject else f"{reg}/{repo}@{args.subject}"
-        sdesc, _ = head_manifest(args, sref)
+        _, sreg, srepo = split_ref(sref)
+        sclient = client if (sreg, srepo) == (reg, repo) else make_client(args, sreg, srepo)
+        sdesc, _ = head_manifest(args, sclient, sref)
         subject = oras.oci.Subject(mediaType=sdesc["mediaType"], digest=sdesc["digest"], size=sdesc["size"])
     # ORAS 1.1-style manifest: artifactType + empty config.  oras-py (0.2.x) has no artifactType
     # parameter, so it is added just before the manifest is uploaded.
@@ -210,16 +244,16 @@ def cmd_push(args):
                 desc["artifactType"] = args.artifact_type
             if annotations:
                 desc["annotations"] = annotations
-            update_fallback_tag(args, reg, repo, subject.digest, desc)
+            update_fallback_tag(args, client, reg, repo, subject.digest, desc)
 
 
-def update_fallback_tag(args, reg, repo, subject_digest, desc):
+def update_fallback_tag(args, client, reg, repo, subject_digest, desc):
     tag = subject_digest.replace(":", "-")
     u = f"{base(args, reg)}/{repo}/manifests/{tag}"
-    r = requests.get(u, headers={"Accept": MT_INDEX})
+    r = client.do_request(u, "GET", headers={"Accept": MT_INDEX})
     index = r.json() if r.status_code == 200 else {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": []}
     index["manifests"] = [m for m in index.get("manifests", []) if m.get("digest") != desc["digest"]] + [desc]
-    r = requests.put(u, data=json.dumps(index).encode(), headers={"Content-Type": MT_INDEX})
+    r = client.do_request(u, "PUT", data=json.dumps(index).encode(), headers={"Content-Type": MT_INDEX})
     if r.status_code != 201:
         sys.exit(f"aerugo-oras: PUT fallback tag {tag}: HTTP {r.status_code} {r.text[:200]}")
     print(f"No OCI-Subject header: updated referrers fallback tag {reg}/{repo}:{tag}")
@@ -227,16 +261,18 @@ def update_fallback_tag(args, reg, repo, subject_digest, desc):
 
 def cmd_referrers(args):
     c, reg, repo = split_ref(args.ref)
+    client = make_client(args, reg, repo)
     digest = c.digest
     if not digest:
-        digest = head_manifest(args, args.ref)[0]["digest"]
+        digest = head_manifest(args, client, args.ref)[0]["digest"]
     u = f"{base(args, reg)}/{repo}/referrers/{digest}"
-    params = {"artifactType": args.artifact_type} if args.artifact_type else None
-    r = requests.get(u, params=params, headers={"Accept": MT_INDEX})
+    if args.artifact_type:
+        u += "?" + urllib.parse.urlencode({"artifactType": args.artifact_type})
+    r = client.do_request(u, "GET", headers={"Accept": MT_INDEX})
     source = "referrers API"
     if r.status_code == 404:
-        r = requests.get(f"{base(args, reg)}/{repo}/manifests/{digest.replace(':', '-')}",
-                         headers={"Accept": MT_INDEX})
+        r = client.do_request(f"{base(args, reg)}/{repo}/manifests/{digest.replace(':', '-')}", "GET",
+                              headers={"Accept": MT_INDEX})
         source = "fallback tag " + digest.replace(":", "-")
         index = r.json() if r.status_code == 200 else {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": []}
         if args.artifact_type:
@@ -254,13 +290,15 @@ def cmd_referrers(args):
 
 
 def cmd_pull(args):
-    client = oras.provider.Registry(insecure=args.plain_http)
+    _, reg, repo = split_ref(args.ref)
+    client = make_client(args, reg, repo)
     for f in client.pull(target=args.ref, outdir=args.output):
         print(f)
 
 
 def cmd_resolve(args):
-    desc, _ = head_manifest(args, args.ref)
+    _, reg, repo = split_ref(args.ref)
+    desc, _ = head_manifest(args, make_client(args, reg, repo), args.ref)
     print(desc["digest"], desc["mediaType"], desc["size"])
 
 
@@ -271,6 +309,8 @@ def main():
     for name in ("push", "pull", "referrers", "resolve"):
         s = sub.add_parser(name)
         s.add_argument("--plain-http", action="store_true", help="use http:// instead of https://")
+        s.add_argument("-u", "--username", help="user name for the registry's token auth")
+        s.add_argument("-p", "--password", help="password (or API key) of --username")
         s.add_argument("ref")
         if name == "push":
             s.add_argument("files", nargs="+")
@@ -283,6 +323,8 @@ def main():
         if name == "referrers":
             s.add_argument("--artifact-type")
     args = p.parse_args()
+    if args.password is not None and args.username is None:
+        p.error("--password needs --username")
     {"push": cmd_push, "pull": cmd_pull, "referrers": cmd_referrers, "resolve": cmd_resolve}[args.cmd](args)
 
 

@@ -1,25 +1,38 @@
 //! Real-client end-to-end tests: `skopeo`, `podman`, `docker` (private dockerd), containerd's `ctr`
-//! (private containerd) and `aerugo-oras` push to and pull from an Aerugo node over plain HTTP,
-//! and the digests they report must match the source images and what the registry serves.
+//! (private containerd) and `aerugo-oras` push to and pull from an Aerugo node over plain HTTP
+//! through Docker token authentication, and the digests they report must match the source images
+//! and what the registry serves.
 //!
-//! The clients come from `scripts/install-clients.sh`; a missing client fails the test with a
-//! message saying so. The daemons are started once per test process by
-//! `scripts/client-daemons.sh start` and left running (CI stops them). Every client gets an empty
-//! Docker config and auth file (no logins) and keeps its storage in a temporary directory, except
-//! the daemons' stores, which are shared: tests there use image content unique to the run and
-//! names that include the node's port, and remove their images at the end.
+//! Repositories are private and pushes need credentials, so every client authenticates the way
+//! its users would, as the node's site admin (`admin`, [`support::ADMIN_PASSWORD`]): skopeo with
+//! `--creds`, podman with `podman login` into the test's auth file, docker with `docker login`
+//! into the test's `DOCKER_CONFIG` (which keeps only a refresh token, the "identity token", that
+//! later pushes redeem with `POST /auth/token`), ctr with `--user` (containerd posts to the token
+//! endpoint first) and `aerugo-oras` with `-u`/`-p`. Anonymous clients pull a repository made
+//! public with the management API but not a private one, which answers them exactly like a missing
+//! one; a user without admin rights pushes to their own namespace only. Checks on the token flow
+//! read the node's request log.
+//!
+//! The clients come from `scripts/install-clients.sh`; a missing (or outdated) client fails the
+//! test with a message saying so. The daemons are started once per test process by
+//! `scripts/client-daemons.sh start` and left running (CI stops them). Every client starts from an
+//! empty Docker config and auth file of its own and keeps its storage in a temporary directory,
+//! except the daemons' stores, which are shared: tests there use image content unique to the run
+//! and names that include the node's port, and remove their images at the end.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aerugo_testkit::clients::{self, COMMAND_TIMEOUT, ClientConfig, Daemons, Output};
+use aerugo_testkit::clients::{self, COMMAND_TIMEOUT, ClientConfig, Daemons, INSTALL_HINT, Output};
 use aerugo_testkit::image::{
     self, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION,
     sha256_digest,
 };
-use aerugo_testkit::{Blob, Image, Node};
+use aerugo_testkit::{Blob, Image};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::process::Command;
@@ -37,11 +50,43 @@ const ALL_MANIFEST_TYPES: [&str; 4] = [
 const LAYER_SIZE: usize = 64 * 1024;
 /// Lines of `node.log` shown with a failure.
 const LOG_TAIL_LINES: usize = 80;
+/// The site admin's user name on test nodes (its password is `support::ADMIN_PASSWORD`).
+const ADMIN: &str = "admin";
+/// The token endpoint's path.
+const TOKEN_PATH: &str = "/auth/token";
 
 /// One test's world: a fresh node and a temporary directory with an empty client configuration.
 struct Ctx {
-    node: Node,
+    node: support::TestNode,
     config: ClientConfig,
+}
+
+/// One finished request from the node's log.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    status: u16,
+}
+
+impl Request {
+    /// Parses a `request finished` line: `request{… method=GET path=/v2/ …}: … status=401 …`.
+    fn parse(line: &str) -> Option<Self> {
+        if !line.contains("request finished") {
+            return None;
+        }
+        let field = |name: &str| {
+            let start = line.find(&format!(" {name}="))? + name.len() + 2;
+            let rest = &line[start..];
+            let end = rest.find([' ', '}']).unwrap_or(rest.len());
+            Some(&rest[..end])
+        };
+        Some(Self {
+            method: field("method")?.to_owned(),
+            path: field("path")?.to_owned(),
+            status: field("status")?.parse().ok()?,
+        })
+    }
 }
 
 /// A manifest as the registry serves it.
@@ -85,6 +130,63 @@ impl Ctx {
             Ok(output) => output,
             Err(error) => self.fail(format!("{error:#}")),
         }
+    }
+
+    /// Runs a command that must fail; on success panics with its output and the node's log.
+    async fn run_failing(&self, command: &mut Command) -> Output {
+        match clients::run_expecting_failure(command, COMMAND_TIMEOUT).await {
+            Ok(output) => output,
+            Err(error) => self.fail(format!("{error:#}")),
+        }
+    }
+
+    /// `admin:<password>`, for the clients' `--creds`/`--user` options.
+    fn admin_creds(&self) -> String {
+        format!("{ADMIN}:{}", support::ADMIN_PASSWORD)
+    }
+
+    /// A management API call as the site admin (Basic credentials) that must answer `expected`;
+    /// returns the JSON body.
+    async fn manage(&self, method: Method, path: &str, body: Value, expected: StatusCode) -> Value {
+        let res = self
+            .node
+            .client()
+            .request(method.clone(), path)
+            .json(&body)
+            .send()
+            .await
+            .expect("management API request sent");
+        let status = res.status();
+        let text = res.text().await.expect("management API body");
+        if status != expected {
+            self.fail(format!(
+                "{method} {path} {body}: {status} (expected {expected}): {text}"
+            ));
+        }
+        serde_json::from_str(&text).unwrap_or_else(|e| self.fail(format!("{e}: {text}")))
+    }
+
+    /// Creates a user (not a site admin) with the management API.
+    async fn create_user(&self, username: &str, password: &str) {
+        let body = serde_json::json!({
+            "username": username,
+            "password": password,
+            "email": format!("{username}@example.com"),
+        });
+        let user = self
+            .manage(Method::POST, "/api/v1/users", body, StatusCode::CREATED)
+            .await;
+        self.check_eq(user["is_admin"].as_bool(), Some(false), "new user is_admin");
+    }
+
+    /// The status the site admin gets for `GET /v2/<repo>/manifests/<reference>`.
+    async fn manifest_status(&self, repo: &str, reference: &str) -> StatusCode {
+        self.node
+            .client()
+            .get_manifest(repo, reference, &ALL_MANIFEST_TYPES)
+            .await
+            .expect("GET manifest sent")
+            .status()
     }
 
     /// Fails the test with `message` and the tail of the node's log.
@@ -157,15 +259,51 @@ impl Ctx {
         }
     }
 
-    /// Lines of the node's request log for `method path` that finished with `status`.
+    /// Every request the node has finished so far, in order. Its length is a mark for
+    /// [`Ctx::requests_since`].
+    fn request_log(&self) -> Vec<Request> {
+        self.node.log().lines().filter_map(Request::parse).collect()
+    }
+
+    /// How many requests `method path` finished with `status`.
     fn requests(&self, method: &str, path: &str, status: u16) -> usize {
-        let needle = format!("method={method} path={path} ");
-        let status = format!("status={status} ");
-        self.node
-            .log()
-            .lines()
-            .filter(|l| l.contains(&needle) && l.contains(&status))
+        self.requests_since(0, method, path, Some(status))
+    }
+
+    /// How many requests `method path` after the first `mark` finished with `status` (any status
+    /// when `None`).
+    fn requests_since(&self, mark: usize, method: &str, path: &str, status: Option<u16>) -> usize {
+        self.request_log()
+            .iter()
+            .skip(mark)
+            .filter(|r| r.method == method && r.path == path)
+            .filter(|r| status.is_none_or(|s| r.status == s))
             .count()
+    }
+
+    /// The requests after the first `mark`, one per line, for failure messages.
+    fn requests_after(&self, mark: usize) -> String {
+        self.request_log()
+            .iter()
+            .skip(mark)
+            .map(|r| format!("{} {} -> {}", r.method, r.path, r.status))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Checks that the requests after `mark` fetched a token the way `how` (`"GET"` with Basic
+    /// credentials, or `"POST"` with an OAuth2 form) and never the other way.
+    fn check_token_requests(&self, mark: usize, how: &str, what: &str) {
+        let other = if how == "GET" { "POST" } else { "GET" };
+        let used = self.requests_since(mark, how, TOKEN_PATH, Some(200));
+        let wrong = self.requests_since(mark, other, TOKEN_PATH, None);
+        self.check(used >= 1 && wrong == 0, || {
+            format!(
+                "{what}: expected {how} {TOKEN_PATH} (200) and no {other}, saw {used} and \
+                 {wrong}; requests:\n{}",
+                self.requests_after(mark)
+            )
+        });
     }
 }
 
@@ -255,10 +393,12 @@ fn read_digest_file(path: &Path) -> String {
 // skopeo
 // ---------------------------------------------------------------------------------------------
 
-/// An OCI image goes to Aerugo unchanged and comes back byte-identical.
+/// An OCI image goes to Aerugo unchanged (through a token fetched with the `--dest-creds`) and
+/// comes back byte-identical.
 #[tokio::test]
 async fn skopeo_copies_an_oci_image_there_and_back() {
     let ctx = Ctx::new().await;
+    let creds = ctx.admin_creds();
     let image = image::image(fresh_seed(), 3, LAYER_SIZE, host_arch());
     let (src, back, digest_file) = (ctx.path("src"), ctx.path("back"), ctx.path("digest"));
     single_layout(&src, &image);
@@ -266,12 +406,25 @@ async fn skopeo_copies_an_oci_image_there_and_back() {
 
     ctx.run(
         ctx.command("skopeo")
-            .args(["copy", "--dest-tls-verify=false", "--digestfile"])
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &creds])
+            .arg("--digestfile")
             .arg(&digest_file)
             .arg(format!("oci:{}:v1", src.display()))
             .arg(&target),
     )
     .await;
+    // containers/image: `GET /v2/` (401 + challenge), then `GET /auth/token` with Basic
+    // credentials, then Bearer tokens only.
+    ctx.check_token_requests(0, "GET", "skopeo copy --dest-creds");
+    ctx.check(
+        ctx.requests("PUT", "/v2/clients/skopeo/manifests/v1", 401) == 0,
+        || {
+            format!(
+                "the manifest PUT was challenged; requests:\n{}",
+                ctx.requests_after(0)
+            )
+        },
+    );
     ctx.check_eq(
         read_digest_file(&digest_file).as_str(),
         image.digest(),
@@ -296,7 +449,7 @@ async fn skopeo_copies_an_oci_image_there_and_back() {
 
     ctx.run(
         ctx.command("skopeo")
-            .args(["copy", "--src-tls-verify=false"])
+            .args(["copy", "--src-tls-verify=false", "--src-creds", &creds])
             .arg(&target)
             .arg(format!("oci:{}:v1", back.display())),
     )
@@ -311,7 +464,8 @@ async fn skopeo_copies_an_oci_image_there_and_back() {
     let inspect = ctx
         .run(
             ctx.command("skopeo")
-                .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+                .args(["inspect", "--tls-verify=false", "--creds", &creds])
+                .args(["--format", "{{.Digest}}"])
                 .arg(&target),
         )
         .await;
@@ -326,6 +480,7 @@ async fn skopeo_copies_an_oci_image_there_and_back() {
 #[tokio::test]
 async fn skopeo_copies_a_v2s2_image_there_and_back() {
     let ctx = Ctx::new().await;
+    let creds = ctx.admin_creds();
     let image = image::image(fresh_seed(), 3, LAYER_SIZE, host_arch());
     let (src, back, digest_file) = (ctx.path("src"), ctx.path("back"), ctx.path("digest"));
     single_layout(&src, &image);
@@ -336,6 +491,8 @@ async fn skopeo_copies_a_v2s2_image_there_and_back() {
             .args([
                 "copy",
                 "--dest-tls-verify=false",
+                "--dest-creds",
+                &creds,
                 "--format",
                 "v2s2",
                 "--digestfile",
@@ -368,7 +525,7 @@ async fn skopeo_copies_a_v2s2_image_there_and_back() {
     // `dir:` keeps the manifest as it is (an OCI layout would convert it back to OCI).
     ctx.run(
         ctx.command("skopeo")
-            .args(["copy", "--src-tls-verify=false"])
+            .args(["copy", "--src-tls-verify=false", "--src-creds", &creds])
             .arg(&target)
             .arg(format!("dir:{}", back.display())),
     )
@@ -391,6 +548,7 @@ async fn skopeo_copies_a_v2s2_image_there_and_back() {
 #[tokio::test]
 async fn skopeo_copies_a_multi_platform_index_with_all() {
     let ctx = Ctx::new().await;
+    let creds = ctx.admin_creds();
     let seed = fresh_seed();
     let amd64 = image::image(seed, 2, LAYER_SIZE, "amd64");
     let arm64 = image::image(seed, 2, LAYER_SIZE, "arm64/v8");
@@ -406,7 +564,14 @@ async fn skopeo_copies_a_multi_platform_index_with_all() {
 
     ctx.run(
         ctx.command("skopeo")
-            .args(["copy", "--all", "--dest-tls-verify=false", "--digestfile"])
+            .args([
+                "copy",
+                "--all",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &creds,
+            ])
+            .arg("--digestfile")
             .arg(&digest_file)
             .arg(format!("oci:{}:v1", src.display()))
             .arg(&target),
@@ -435,7 +600,13 @@ async fn skopeo_copies_a_multi_platform_index_with_all() {
 
     ctx.run(
         ctx.command("skopeo")
-            .args(["copy", "--all", "--src-tls-verify=false"])
+            .args([
+                "copy",
+                "--all",
+                "--src-tls-verify=false",
+                "--src-creds",
+                &creds,
+            ])
             .arg(&target)
             .arg(format!("oci:{}:v1", back.display())),
     )
@@ -454,6 +625,7 @@ async fn skopeo_copies_a_multi_platform_index_with_all() {
 #[tokio::test]
 async fn skopeo_copies_between_repositories_with_cross_repo_mount() {
     let ctx = Ctx::new().await;
+    let creds = ctx.admin_creds();
     let image = image::image(fresh_seed(), 3, LAYER_SIZE, host_arch());
     let src = ctx.path("src");
     single_layout(&src, &image);
@@ -462,14 +634,16 @@ async fn skopeo_copies_between_repositories_with_cross_repo_mount() {
 
     ctx.run(
         ctx.command("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &creds])
             .arg(format!("oci:{}:v1", src.display()))
             .arg(&from),
     )
     .await;
+    // The destination token must also grant pull on the source for the mount to happen.
     ctx.run(
         ctx.command("skopeo")
             .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .args(["--src-creds", &creds, "--dest-creds", &creds])
             .arg(&from)
             .arg(&to),
     )
@@ -505,17 +679,12 @@ async fn skopeo_copies_between_repositories_with_cross_repo_mount() {
 // podman
 // ---------------------------------------------------------------------------------------------
 
-/// podman, with private vfs storage: load from an OCI layout, push, remove, pull back.
-#[tokio::test]
-async fn podman_pushes_and_pulls_an_image() {
-    let ctx = Ctx::new().await;
-    let image = image::image(fresh_seed(), 3, LAYER_SIZE, host_arch());
-    let (src, digest_file) = (ctx.path("src"), ctx.path("digest"));
-    single_layout(&src, &image);
-    let storage = ctx.path("podman");
-    std::fs::create_dir_all(storage.join("tmp")).expect("podman tmp dir");
-    let podman = |args: &[&str]| {
-        let mut command = ctx.command("podman");
+impl Ctx {
+    /// A podman command with private vfs storage in the test's directory.
+    fn podman(&self, args: &[&str]) -> Command {
+        let storage = self.path("podman");
+        std::fs::create_dir_all(storage.join("tmp")).expect("podman tmp dir");
+        let mut command = self.command("podman");
         command
             .arg("--root")
             .arg(storage.join("root"))
@@ -527,7 +696,48 @@ async fn podman_pushes_and_pulls_an_image() {
             .env("TMPDIR", storage.join("tmp"))
             .args(args);
         command
-    };
+    }
+
+    /// `podman login` as the site admin, which must store the credentials in the test's own
+    /// auth file (`REGISTRY_AUTH_FILE`) after a token exchange.
+    async fn podman_login(&self) {
+        let registry = self.registry();
+        let mark = self.request_log().len();
+        self.run(&mut self.podman(&[
+            "login",
+            "--tls-verify=false",
+            "-u",
+            ADMIN,
+            "-p",
+            support::ADMIN_PASSWORD,
+            &registry,
+        ]))
+        .await;
+        self.check_token_requests(mark, "GET", "podman login");
+        let path = self.config.auth_file();
+        let auth: Value = serde_json::from_slice(&std::fs::read(&path).expect("podman auth file"))
+            .expect("podman auth file JSON");
+        let stored = auth["auths"][registry.as_str()]["auth"]
+            .as_str()
+            .and_then(|a| BASE64.decode(a).ok())
+            .map(|a| String::from_utf8_lossy(&a).into_owned());
+        self.check_eq(
+            stored,
+            Some(self.admin_creds()),
+            &format!("credentials podman login stored in {}", path.display()),
+        );
+    }
+}
+
+/// podman, with private vfs storage: load from an OCI layout, `podman login`, push, remove, pull
+/// back.
+#[tokio::test]
+async fn podman_pushes_and_pulls_an_image() {
+    let ctx = Ctx::new().await;
+    let image = image::image(fresh_seed(), 3, LAYER_SIZE, host_arch());
+    let (src, digest_file) = (ctx.path("src"), ctx.path("digest"));
+    single_layout(&src, &image);
+    let podman = |args: &[&str]| ctx.podman(args);
     let name = format!("{}/clients/podman:v1", ctx.registry());
 
     // `podman pull oci:<dir>` names the image after the directory, which fails on the capitals
@@ -560,6 +770,8 @@ async fn podman_pushes_and_pulls_an_image() {
         )
     });
     ctx.run(&mut podman(&["tag", &id, &name])).await;
+    ctx.podman_login().await;
+    let mark = ctx.request_log().len();
     let digest_arg = digest_file.display().to_string();
     ctx.run(&mut podman(&[
         "push",
@@ -569,6 +781,7 @@ async fn podman_pushes_and_pulls_an_image() {
         &name,
     ]))
     .await;
+    ctx.check_token_requests(mark, "GET", "podman push after podman login");
     let pushed = read_digest_file(&digest_file);
     let served = ctx.served("clients/podman", "v1").await;
     ctx.check_eq(
@@ -601,6 +814,142 @@ async fn podman_pushes_and_pulls_an_image() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// anonymous access
+// ---------------------------------------------------------------------------------------------
+
+/// `text` with what differs between two repositories' error messages made equal: the name, and
+/// the timestamps of containers/image's log lines.
+fn normalized(text: &str, repo: &str) -> String {
+    text.replace(repo, "<repo>")
+        .lines()
+        .map(|l| l.split_once("msg=").map_or(l, |(_, msg)| msg))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Anonymous skopeo and podman (no credentials, empty auth files) pull a repository the admin
+/// made public with `PATCH /api/v1/repos/<name>`, but cannot push to it; a private repository
+/// refuses them exactly like a repository that does not exist.
+#[tokio::test]
+async fn anonymous_clients_pull_public_repositories_only() {
+    let ctx = Ctx::new().await;
+    let seed = fresh_seed();
+    let public = image::image(seed, 2, LAYER_SIZE, host_arch());
+    let private = image::image(seed.wrapping_add(1), 2, LAYER_SIZE, host_arch());
+    let client = ctx.node.client();
+    for (repo, image) in [("clients/public", &public), ("clients/private", &private)] {
+        client
+            .push_image(repo, "v1", image)
+            .await
+            .unwrap_or_else(|e| ctx.fail(format!("pushing {repo}:v1 as admin: {e:#}")));
+    }
+    let repo = ctx
+        .manage(
+            Method::PATCH,
+            "/api/v1/repos/clients/public",
+            serde_json::json!({"visibility": "public"}),
+            StatusCode::OK,
+        )
+        .await;
+    ctx.check_eq(
+        repo["visibility"].as_str(),
+        Some("public"),
+        "visibility after PATCH",
+    );
+    let registry = ctx.registry();
+    let reference = |repo: &str| format!("docker://{registry}/{repo}:v1");
+
+    // Public: skopeo and podman pull anonymously.
+    let back = ctx.path("back");
+    ctx.run(
+        ctx.command("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(reference("clients/public"))
+            .arg(format!("oci:{}:v1", back.display())),
+    )
+    .await;
+    ctx.check_eq(
+        layout_digest(&back, "v1").as_str(),
+        public.digest(),
+        "anonymously pulled digest vs source",
+    );
+    check_layout_blobs(&back, &public.all_blobs(), false);
+    let name = format!("{registry}/clients/public:v1");
+    ctx.run(&mut ctx.podman(&["pull", "--tls-verify=false", &name]))
+        .await;
+    let inspect = ctx
+        .run(&mut ctx.podman(&["image", "inspect", "--format", "{{.Digest}}", &name]))
+        .await;
+    ctx.check_eq(
+        inspect.stdout.trim(),
+        public.digest(),
+        "podman's anonymously pulled digest",
+    );
+
+    // Public is not writable: an anonymous push is refused and changes nothing.
+    ctx.run_failing(
+        ctx.command("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", back.display()))
+            .arg(format!("docker://{registry}/clients/public:v2")),
+    )
+    .await;
+    ctx.check_eq(
+        ctx.manifest_status("clients/public", "v2").await,
+        StatusCode::NOT_FOUND,
+        "clients/public:v2 after an anonymous push",
+    );
+
+    // Private: refused, and indistinguishable from a missing repository.
+    let inspect_anonymously = |repo: &str| {
+        let mut command = ctx.command("skopeo");
+        command
+            .args(["inspect", "--tls-verify=false"])
+            .arg(reference(repo));
+        command
+    };
+    let refused = ctx
+        .run_failing(&mut inspect_anonymously("clients/private"))
+        .await;
+    let missing = ctx
+        .run_failing(&mut inspect_anonymously("clients/missing"))
+        .await;
+    ctx.check(
+        refused.stderr.contains("unauthorized") || refused.stderr.contains("denied"),
+        || {
+            format!(
+                "`{}` failed otherwise:\n{}",
+                refused.command, refused.stderr
+            )
+        },
+    );
+    ctx.check_eq(
+        normalized(&refused.stderr, "clients/private"),
+        normalized(&missing.stderr, "clients/missing"),
+        "skopeo's errors for a private and a missing repository",
+    );
+    ctx.check_eq(
+        ctx.requests("GET", "/v2/clients/private/manifests/v1", 200),
+        0,
+        "anonymous manifest GETs of the private repository answered 200",
+    );
+    let private_name = format!("{registry}/clients/private:v1");
+    let pull = ctx
+        .run_failing(&mut ctx.podman(&["pull", "--tls-verify=false", &private_name]))
+        .await;
+    ctx.check(
+        pull.stderr.contains("unauthorized") || pull.stderr.contains("denied"),
+        || format!("`{}` failed otherwise:\n{}", pull.command, pull.stderr),
+    );
+    let images = ctx.run(&mut ctx.podman(&["images", "-q"])).await;
+    ctx.check_eq(
+        images.stdout.lines().count(),
+        1,
+        "podman images after the refused pull (only the public one)",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // docker
 // ---------------------------------------------------------------------------------------------
 
@@ -610,40 +959,113 @@ fn daemons() -> &'static Daemons {
     clients::daemons(&script).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// docker: `docker load` a docker-archive, push, remove, pull back, compare the `RepoDigest`.
+impl Ctx {
+    /// A docker CLI command talking to the private dockerd, with the test's `DOCKER_CONFIG`.
+    fn docker(&self, daemons: &Daemons, args: &[&str]) -> Command {
+        let mut command = self.command("docker");
+        command
+            .env("DOCKER_HOST", daemons.docker_host().expect("DOCKER_HOST"))
+            .args(args);
+        command
+    }
+
+    /// Gets `image` into dockerd as `name` (OCI layout -> docker-archive -> `docker load`).
+    async fn docker_load(&self, daemons: &Daemons, image: &Image, name: &str) {
+        let tag = name.rsplit(':').next().unwrap_or("latest");
+        let (src, archive) = (
+            self.path(&format!("src-{tag}")),
+            self.path(&format!("{tag}.tar")),
+        );
+        single_layout(&src, image);
+        self.run(
+            self.command("skopeo")
+                .arg("copy")
+                .arg(format!("oci:{}:v1", src.display()))
+                .arg(format!("docker-archive:{}:{name}", archive.display())),
+        )
+        .await;
+        let archive = archive.display().to_string();
+        self.run(&mut self.docker(daemons, &["load", "-i", &archive]))
+            .await;
+    }
+
+    /// `docker login` as `user` into the test's `DOCKER_CONFIG`: dockerd fetches a token with
+    /// `offline_token=true` (`GET /auth/token`, Basic credentials) and the CLI keeps only the
+    /// refresh token it got (`identitytoken`), never the password. Returns that refresh token.
+    async fn docker_login(&self, daemons: &Daemons, user: &str, password: &str) -> String {
+        let registry = self.registry();
+        let mark = self.request_log().len();
+        let login = self
+            .run(&mut self.docker(daemons, &["login", "-u", user, "-p", password, &registry]))
+            .await;
+        self.check(login.stdout.contains("Login Succeeded"), || {
+            format!("`{}` printed:\n{}", login.command, login.stdout)
+        });
+        self.check_token_requests(mark, "GET", "docker login");
+        let path = self.config.docker_config().join("config.json");
+        let text = std::fs::read_to_string(&path).expect("docker config.json");
+        self.check(!text.contains(password), || {
+            format!(
+                "docker login stored the password in {}:\n{text}",
+                path.display()
+            )
+        });
+        let config: Value = serde_json::from_str(&text).expect("docker config.json JSON");
+        let entry = &config["auths"][registry.as_str()];
+        let stored = entry["auth"]
+            .as_str()
+            .and_then(|a| BASE64.decode(a).ok())
+            .map(|a| String::from_utf8_lossy(&a).into_owned());
+        self.check_eq(
+            stored.as_deref(),
+            Some(format!("{user}:").as_str()),
+            &format!(
+                "`auth` docker login stored in {} (user, no password)",
+                path.display()
+            ),
+        );
+        entry["identitytoken"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| {
+                self.fail(format!(
+                    "no identitytoken (refresh token) in {}:\n{text}",
+                    path.display()
+                ))
+            })
+            .to_owned()
+    }
+
+    /// `docker push name`, which must redeem the stored refresh token (`POST /auth/token`, no
+    /// `GET`, which would mean Basic credentials); returns the pushed digest.
+    async fn docker_push(&self, daemons: &Daemons, name: &str) -> String {
+        let mark = self.request_log().len();
+        let push = self.run(&mut self.docker(daemons, &["push", name])).await;
+        self.check_token_requests(mark, "POST", &format!("docker push {name}"));
+        digest_after(&push.stdout, "digest:").unwrap_or_else(|| {
+            self.fail(format!(
+                "no digest in `{}` output:\n{}",
+                push.command, push.stdout
+            ))
+        })
+    }
+}
+
+/// docker: `docker load` a docker-archive, `docker login`, push, remove, pull back, compare the
+/// `RepoDigest`.
 #[tokio::test]
 async fn docker_pushes_and_pulls_an_image() {
     let ctx = Ctx::new().await;
     let daemons = daemons();
     let image = image::image(fresh_seed(), 3, LAYER_SIZE, host_arch());
-    let (src, archive) = (ctx.path("src"), ctx.path("image.tar"));
-    single_layout(&src, &image);
     let repo = format!("{}/clients/docker", ctx.registry());
     let name = format!("{repo}:v1");
-    let docker = |args: &[&str]| {
-        let mut command = ctx.command("docker");
-        command
-            .env("DOCKER_HOST", daemons.docker_host().expect("DOCKER_HOST"))
-            .args(args);
-        command
-    };
+    let docker = |args: &[&str]| ctx.docker(daemons, args);
 
-    ctx.run(
-        ctx.command("skopeo")
-            .arg("copy")
-            .arg(format!("oci:{}:v1", src.display()))
-            .arg(format!("docker-archive:{}:{name}", archive.display())),
-    )
-    .await;
-    ctx.run(&mut docker(&["load", "-i", &archive.display().to_string()]))
+    ctx.docker_load(daemons, &image, &name).await;
+    ctx.docker_login(daemons, ADMIN, support::ADMIN_PASSWORD)
         .await;
-    let push = ctx.run(&mut docker(&["push", &name])).await;
-    let pushed = digest_after(&push.stdout, "digest:").unwrap_or_else(|| {
-        ctx.fail(format!(
-            "no digest in `{}` output:\n{}",
-            push.command, push.stdout
-        ))
-    });
+    let pushed = ctx.docker_push(daemons, &name).await;
     let served = ctx.served("clients/docker", "v1").await;
     ctx.check_eq(
         served.digest.as_str(),
@@ -657,7 +1079,9 @@ async fn docker_pushes_and_pulls_an_image() {
     );
 
     ctx.run(&mut docker(&["rmi", &name])).await;
+    let mark = ctx.request_log().len();
     let pull = ctx.run(&mut docker(&["pull", &name])).await;
+    ctx.check_token_requests(mark, "POST", "docker pull after docker login");
     ctx.check(pull.stdout.contains("Downloaded newer image"), || {
         format!(
             "`{}` did not download the image:\n{}",
@@ -686,12 +1110,145 @@ async fn docker_pushes_and_pulls_an_image() {
     ctx.run(&mut docker(&["rmi", &name])).await;
 }
 
+/// docker: one `docker login`, then two pushes of different images. Each push redeems the refresh
+/// token the login stored (`POST /auth/token`, `grant_type=refresh_token`): the password is neither
+/// stored nor sent again, and once the stored refresh token is spoiled a third push is refused.
+#[tokio::test]
+async fn docker_pushes_twice_with_the_refresh_token_of_one_login() {
+    let ctx = Ctx::new().await;
+    let daemons = daemons();
+    let seed = fresh_seed();
+    let first = image::image(seed, 1, LAYER_SIZE, host_arch());
+    let second = image::image(seed.wrapping_add(1), 1, LAYER_SIZE, host_arch());
+    let repo = format!("{}/clients/docker-refresh", ctx.registry());
+    let (v1, v2, v3) = (
+        format!("{repo}:v1"),
+        format!("{repo}:v2"),
+        format!("{repo}:v3"),
+    );
+    ctx.docker_load(daemons, &first, &v1).await;
+    ctx.docker_load(daemons, &second, &v2).await;
+
+    let refresh_token = ctx
+        .docker_login(daemons, ADMIN, support::ADMIN_PASSWORD)
+        .await;
+    let login_gets = ctx.requests_since(0, "GET", TOKEN_PATH, None);
+    for (name, tag) in [(&v1, "v1"), (&v2, "v2")] {
+        let pushed = ctx.docker_push(daemons, name).await;
+        ctx.check_eq(
+            ctx.served("clients/docker-refresh", tag).await.digest,
+            pushed,
+            &format!("served digest of {tag} vs docker push digest"),
+        );
+    }
+    ctx.check_eq(
+        ctx.requests_since(0, "GET", TOKEN_PATH, None),
+        login_gets,
+        "GET /auth/token (Basic credentials) after docker login",
+    );
+
+    // Nothing but the refresh token authenticates these pushes: spoil it and pushing stops.
+    let path = ctx.config.docker_config().join("config.json");
+    let text = std::fs::read_to_string(&path).expect("docker config.json");
+    let last = if refresh_token.ends_with('x') {
+        "y"
+    } else {
+        "x"
+    };
+    let spoiled = format!("{}{last}", &refresh_token[..refresh_token.len() - 1]);
+    std::fs::write(&path, text.replace(&refresh_token, &spoiled)).expect("config.json written");
+    ctx.run(&mut ctx.docker(daemons, &["tag", &v2, &v3])).await;
+    let mark = ctx.request_log().len();
+    let refused = ctx
+        .run_failing(&mut ctx.docker(daemons, &["push", &v3]))
+        .await;
+    ctx.check(refused.stderr.contains("unauthorized"), || {
+        format!(
+            "`{}` failed otherwise:\n{}",
+            refused.command, refused.stderr
+        )
+    });
+    ctx.check(
+        ctx.requests_since(mark, "POST", TOKEN_PATH, Some(401)) >= 1
+            && ctx.requests_since(mark, "POST", TOKEN_PATH, Some(200)) == 0,
+        || {
+            format!(
+                "a spoiled refresh token was not refused; requests:\n{}",
+                ctx.requests_after(mark)
+            )
+        },
+    );
+    ctx.run(&mut ctx.docker(daemons, &["rmi", &v1, &v2, &v3]))
+        .await;
+}
+
+/// A user without admin rights logs in with `docker login`, pushes to their own namespace and pulls
+/// back, and is refused pushing into the site admin's and another user's namespace.
+#[tokio::test]
+async fn docker_user_pushes_to_their_own_namespace_only() {
+    let ctx = Ctx::new().await;
+    let daemons = daemons();
+    let (alice, bob) = (("alice", "alice-password-1"), ("bob", "bob-password-1"));
+    ctx.create_user(alice.0, alice.1).await;
+    ctx.create_user(bob.0, bob.1).await;
+    let image = image::image(fresh_seed(), 1, LAYER_SIZE, host_arch());
+    let registry = ctx.registry();
+    let own = format!("{registry}/alice/app:v1");
+    let foreign = [
+        ("admin/app", format!("{registry}/admin/app:v1")),
+        ("bob/app", format!("{registry}/bob/app:v1")),
+    ];
+    ctx.docker_load(daemons, &image, &own).await;
+    for (_, name) in &foreign {
+        ctx.run(&mut ctx.docker(daemons, &["tag", &own, name]))
+            .await;
+    }
+
+    ctx.docker_login(daemons, alice.0, alice.1).await;
+    let pushed = ctx.docker_push(daemons, &own).await;
+    ctx.check_eq(
+        ctx.served("alice/app", "v1").await.digest,
+        pushed.clone(),
+        "served digest vs alice's push",
+    );
+    for (repo, name) in &foreign {
+        let refused = ctx
+            .run_failing(&mut ctx.docker(daemons, &["push", name]))
+            .await;
+        ctx.check(refused.stderr.contains("denied"), || {
+            format!(
+                "`{}` failed otherwise:\n{}",
+                refused.command, refused.stderr
+            )
+        });
+        ctx.check_eq(
+            ctx.manifest_status(repo, "v1").await,
+            StatusCode::NOT_FOUND,
+            &format!("{repo}:v1 after alice's refused push"),
+        );
+    }
+
+    ctx.run(&mut ctx.docker(daemons, &["rmi", &own])).await;
+    let pull = ctx.run(&mut ctx.docker(daemons, &["pull", &own])).await;
+    ctx.check_eq(
+        digest_after(&pull.stdout, "Digest:"),
+        Some(pushed),
+        "alice's docker pull digest",
+    );
+    let mut names = vec![own.as_str()];
+    names.extend(foreign.iter().map(|(_, n)| n.as_str()));
+    let mut rmi = ctx.docker(daemons, &["rmi"]);
+    rmi.args(&names);
+    ctx.run(&mut rmi).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // containerd
 // ---------------------------------------------------------------------------------------------
 
-/// ctr: import an OCI layout (an image and a multi-platform index), push both, remove them and
-/// their content, pull them back.
+/// ctr: import an OCI layout (an image and a multi-platform index), push both with `--user`,
+/// remove them and their content, pull them back. containerd asks the token endpoint with a POST
+/// (`grant_type=password`) first.
 #[tokio::test]
 async fn ctr_pushes_and_pulls_an_image_and_an_index() {
     let ctx = Ctx::new().await;
@@ -725,6 +1282,7 @@ async fn ctr_pushes_and_pulls_an_image_and_an_index() {
         .expect("CONTAINERD_ADDRESS")
         .to_owned();
     let namespace = format!("aerugo-test-{}", ctx.node.port());
+    let user = ctx.admin_creds();
     let ctr = |args: &[&str]| {
         let mut command = ctx.command("ctr");
         command.args(["-a", &address, "-n", &namespace]).args(args);
@@ -741,10 +1299,26 @@ async fn ctr_pushes_and_pulls_an_image_and_an_index() {
         &archive_arg,
     ]))
     .await;
-    ctx.run(&mut ctr(&["images", "push", "--plain-http", &v1]))
-        .await;
-    ctx.run(&mut ctr(&["images", "push", "--plain-http", &multi]))
-        .await;
+    let mark = ctx.request_log().len();
+    ctx.run(&mut ctr(&[
+        "images",
+        "push",
+        "--plain-http",
+        "--user",
+        &user,
+        &v1,
+    ]))
+    .await;
+    ctx.run(&mut ctr(&[
+        "images",
+        "push",
+        "--plain-http",
+        "--user",
+        &user,
+        &multi,
+    ]))
+    .await;
+    ctx.check_token_requests(mark, "POST", "ctr images push --user");
     ctx.check_eq(
         ctx.served("clients/ctr", "v1").await.digest.as_str(),
         single.digest(),
@@ -759,7 +1333,10 @@ async fn ctr_pushes_and_pulls_an_image_and_an_index() {
         ctx.served("clients/ctr", child.digest()).await;
     }
 
-    ctx.run(&mut ctr(&["images", "rm", &v1, &multi])).await;
+    // `--sync` waits for containerd's garbage collection, which otherwise races the prune
+    // ("content digest …: not found").
+    ctx.run(&mut ctr(&["images", "rm", "--sync", &v1, &multi]))
+        .await;
     ctx.run(&mut ctr(&["content", "prune", "references"])).await;
     let content = ctx.run(&mut ctr(&["content", "ls", "-q"])).await;
     ctx.check(
@@ -771,22 +1348,20 @@ async fn ctr_pushes_and_pulls_an_image_and_an_index() {
             )
         },
     );
-    ctx.run(&mut ctr(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--all-platforms",
-        &v1,
-    ]))
-    .await;
-    ctx.run(&mut ctr(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--all-platforms",
-        &multi,
-    ]))
-    .await;
+    let mark = ctx.request_log().len();
+    for name in [&v1, &multi] {
+        ctx.run(&mut ctr(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--all-platforms",
+            "--user",
+            &user,
+            name,
+        ]))
+        .await;
+    }
+    ctx.check_token_requests(mark, "POST", "ctr images pull --user");
 
     let list = ctx.run(&mut ctr(&["images", "ls"])).await;
     let digest_of = |name: &str| {
@@ -816,7 +1391,8 @@ async fn ctr_pushes_and_pulls_an_image_and_an_index() {
         });
     }
 
-    ctx.run(&mut ctr(&["images", "rm", &v1, &multi])).await;
+    ctx.run(&mut ctr(&["images", "rm", "--sync", &v1, &multi]))
+        .await;
     ctx.run(&mut ctr(&["content", "prune", "references"])).await;
     let mut remove_namespace = ctx.command("ctr");
     remove_namespace.args(["-a", &address, "namespaces", "rm", &namespace]);
@@ -827,11 +1403,23 @@ async fn ctr_pushes_and_pulls_an_image_and_an_index() {
 // oras
 // ---------------------------------------------------------------------------------------------
 
-/// `aerugo-oras`: artifacts with a `subject` become referrers of the image, listed by the
-/// Referrers API (directly and through the client) with their `artifactType` and annotations.
+/// `aerugo-oras` (oras-py) with credentials: artifacts with a `subject` become referrers of the
+/// image, listed by the Referrers API (directly and through the client) with their `artifactType`
+/// and annotations. Without credentials the push is refused.
+///
+/// oras-py 0.2.43 keeps its first token and, answered 401 `insufficient_scope`, retries with the
+/// same token (it fetches a new one only after a 403), so a push whose first request was a pull
+/// fails against a registry that, like distribution and Aerugo, answers 401. `aerugo-oras push`
+/// therefore asks for a `pull,push` token up front, as the Go `oras` CLI does.
 #[tokio::test]
 async fn oras_pushes_artifacts_with_subject_and_lists_referrers() {
     let ctx = Ctx::new().await;
+    let help = ctx
+        .run(ctx.command("aerugo-oras").args(["push", "--help"]))
+        .await;
+    ctx.check(help.stdout.contains("--username"), || {
+        format!("aerugo-oras has no --username (outdated helper): {INSTALL_HINT}")
+    });
     let image = image::image(fresh_seed(), 2, LAYER_SIZE, host_arch());
     let client = ctx.node.client();
     client
@@ -845,13 +1433,40 @@ async fn oras_pushes_artifacts_with_subject_and_lists_referrers() {
     std::fs::write(work.join("sig.txt"), b"signature\n").expect("sig.txt");
     let (sbom_type, sig_type) = ("application/spdx+json", "application/vnd.example.sig");
     let registry = ctx.registry();
+    // `aerugo-oras <command> -u admin -p <password> <args>…`
     let oras = |args: &[&str]| {
         let mut command = ctx.command("aerugo-oras");
-        command.current_dir(&work).args(args);
+        command
+            .current_dir(&work)
+            .args(&args[..1])
+            .args(["-u", ADMIN, "-p", support::ADMIN_PASSWORD])
+            .args(&args[1..]);
         command
     };
 
     let subject_ref = format!("{registry}/clients/oras:v1");
+    let anonymous = ctx
+        .run_failing(
+            ctx.command("aerugo-oras")
+                .current_dir(&work)
+                .args(["push", "--plain-http"])
+                .arg(format!("{registry}/clients/oras:anonymous"))
+                .arg("sig.txt"),
+        )
+        .await;
+    ctx.check(anonymous.stderr.contains("UNAUTHORIZED"), || {
+        format!(
+            "anonymous `{}` failed otherwise:\n{}",
+            anonymous.command, anonymous.stderr
+        )
+    });
+    ctx.check_eq(
+        ctx.requests("PUT", "/v2/clients/oras/manifests/anonymous", 201),
+        0,
+        "anonymous manifest PUTs accepted",
+    );
+
+    let mark = ctx.request_log().len();
     let push = ctx
         .run(&mut oras(&[
             "push",
@@ -876,6 +1491,12 @@ async fn oras_pushes_artifacts_with_subject_and_lists_referrers() {
         digest_after(&push.stdout, "OCI-Subject:").as_deref(),
         Some(image.digest()),
         "OCI-Subject header of the artifact PUT (as reported by aerugo-oras)",
+    );
+    ctx.check_token_requests(mark, "GET", "aerugo-oras push -u");
+    ctx.check_eq(
+        ctx.requests_since(mark, "POST", "/v2/clients/oras/blobs/uploads/", Some(401)),
+        0,
+        "upload starts challenged although aerugo-oras asked for a pull,push token",
     );
     let push = ctx
         .run(&mut oras(&[
@@ -1041,7 +1662,12 @@ async fn oras_pushes_artifacts_with_subject_and_lists_referrers() {
     let tags = ctx
         .run(
             ctx.command("skopeo")
-                .args(["list-tags", "--tls-verify=false"])
+                .args([
+                    "list-tags",
+                    "--tls-verify=false",
+                    "--creds",
+                    &ctx.admin_creds(),
+                ])
                 .arg(format!("docker://{registry}/clients/oras")),
         )
         .await;

@@ -6,7 +6,8 @@
 //!   missing).
 //! - [`run`] runs one command with a timeout, capturing stdout and stderr, and
 //!   fails with the full command line, its environment overrides, its exit
-//!   status and its output when it does not succeed.
+//!   status and its output when it does not succeed; [`run_expecting_failure`]
+//!   is its mirror image for commands that must be refused.
 //! - [`daemons`] starts the private `dockerd` and `containerd` of
 //!   `scripts/client-daemons.sh` once per process (tests run in parallel
 //!   threads) and returns the environment that points clients at them. The
@@ -116,6 +117,34 @@ pub async fn run(command: &mut Command, limit: Duration) -> anyhow::Result<Outpu
             "`{line}` failed ({status})\n{}",
             render_output(&stdout, &stderr)
         ),
+        None => bail!(
+            "`{line}` did not finish within {limit:?} and was killed\n{}",
+            render_output(&stdout, &stderr)
+        ),
+    }
+}
+
+/// Runs `command` like [`run`] but expects it to fail: returns its output when it exits
+/// unsuccessfully, and fails (with the command line and its output) when it succeeds, cannot be
+/// started or runs longer than `limit`.
+pub async fn run_expecting_failure(
+    command: &mut Command,
+    limit: Duration,
+) -> anyhow::Result<Output> {
+    let line = describe(command);
+    let (status, stdout, stderr) = run_raw(command, limit)
+        .await
+        .with_context(|| format!("running `{line}`"))?;
+    match status {
+        Some(status) if status.success() => bail!(
+            "`{line}` succeeded but was expected to fail\n{}",
+            render_output(&stdout, &stderr)
+        ),
+        Some(_) => Ok(Output {
+            command: line,
+            stdout,
+            stderr,
+        }),
         None => bail!(
             "`{line}` did not finish within {limit:?} and was killed\n{}",
             render_output(&stdout, &stderr)
