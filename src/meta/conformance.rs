@@ -8,12 +8,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::postgres::PostgresStore;
-use super::sqlite::SqliteStore;
 use super::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, NamespaceKind, NewUser, RefreshTokenRow,
     UserRow, UserUpdate, Visibility,
 };
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
 use super::{
     BlobCommit, BlobRow, Delete, MetaStore, NewBlob, NewManifest, PutManifest, UploadPart,
     now_millis,
@@ -883,7 +883,11 @@ async fn users_share_one_namespace_and_list_in_byte_order(ids: &dyn IdentityStor
 
     let by_name = ids.user_by_name("a").await.unwrap().unwrap();
     assert_eq!(
-        (by_name.id.as_str(), by_name.email.as_str(), by_name.is_admin),
+        (
+            by_name.id.as_str(),
+            by_name.email.as_str(),
+            by_name.is_admin
+        ),
         (a.id.as_str(), "a@example.com", false)
     );
     assert_eq!(by_name.created_at, a.created_at);
@@ -949,15 +953,22 @@ async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
             .len(),
         2
     );
-    // The last owner cannot go; a second owner frees them.
+    // The last owner of an organization cannot be deleted.
     let refused = ids.delete_user(&owner.id).await.unwrap();
-    assert!(refused.unwrap_err().contains("last owner of organization acme"));
+    assert!(
+        refused
+            .unwrap_err()
+            .contains("last owner of organization acme")
+    );
 
     let devs = ids.create_team(&acme.id, "devs").await.unwrap().unwrap();
     assert!(ids.create_team(&acme.id, "devs").await.unwrap().is_none());
     ids.create_team(&acme.id, "Ops").await.unwrap().unwrap();
     ids.create_team(&zeta.id, "devs").await.unwrap().unwrap();
-    assert_eq!(ids.team(&acme.id, "devs").await.unwrap().unwrap().id, devs.id);
+    assert_eq!(
+        ids.team(&acme.id, "devs").await.unwrap().unwrap().id,
+        devs.id
+    );
     assert!(ids.team(&acme.id, "nope").await.unwrap().is_none());
     let teams = ids.list_teams(&acme.id).await.unwrap();
     assert_eq!(names(&teams, |t| &t.name), ["Ops", "devs"]);
@@ -981,7 +992,10 @@ async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
     assert!(ids.team_members(&devs.id).await.unwrap().is_empty());
     assert!(ids.delete_team(&devs.id).await.unwrap());
     assert!(!ids.delete_team(&devs.id).await.unwrap());
-    assert_eq!(names(&ids.list_teams(&acme.id).await.unwrap(), |t| &t.name), ["Ops"]);
+    assert_eq!(
+        names(&ids.list_teams(&acme.id).await.unwrap(), |t| &t.name),
+        ["Ops"]
+    );
 
     assert_eq!(ids.delete_org(&acme.id).await.unwrap(), Ok(true));
     assert_eq!(ids.delete_org(&acme.id).await.unwrap(), Ok(false));
@@ -997,29 +1011,54 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     let carol = user(ids, "carol").await;
     let dave = user(ids, "dave").await;
     let corp = ids.create_org("corp", &carol.id).await.unwrap().unwrap();
-    let all_repos = ["carol/app", "corp/api", "corp/web", "corpus/x", "other/thing"];
+    let all_repos = [
+        "carol/app",
+        "corp/api",
+        "corp/web",
+        "corpus/x",
+        "other/thing",
+    ];
     for name in all_repos {
         push_blob(meta, &repo(name), name, 1).await;
-        ids.init_visibility(name, Visibility::Private).await.unwrap();
+        ids.init_visibility(name, Visibility::Private)
+            .await
+            .unwrap();
     }
     // Only a repository without a visibility takes the initial one.
     ids.init_visibility("corp/web", Visibility::Public)
         .await
         .unwrap();
-    assert!(ids.set_visibility("other/thing", Visibility::Public).await.unwrap());
-    assert!(!ids.set_visibility("no/repo", Visibility::Public).await.unwrap());
+    assert!(
+        ids.set_visibility("other/thing", Visibility::Public)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ids.set_visibility("no/repo", Visibility::Public)
+            .await
+            .unwrap()
+    );
     let summary = ids.repository("corp/web").await.unwrap().unwrap();
-    assert_eq!((summary.name.as_str(), summary.visibility), ("corp/web", Visibility::Private));
+    assert_eq!(
+        (summary.name.as_str(), summary.visibility),
+        ("corp/web", Visibility::Private)
+    );
     assert!(ids.repository("no/repo").await.unwrap().is_none());
 
     // Tags with their sizes: the manifest plus its blobs.
     let r = repo("corp/api");
     let config = push_blob(meta, &r, "api-config", 7).await;
     let m = manifest("{\"api\":1}", &[&config], &[], Some("v1"));
-    assert_eq!(meta.put_manifest(&r, &m).await.unwrap(), PutManifest::Stored);
+    assert_eq!(
+        meta.put_manifest(&r, &m).await.unwrap(),
+        PutManifest::Stored
+    );
     let tags = ids.repository_tags("corp/api").await.unwrap();
     assert_eq!(tags.len(), 1);
-    assert_eq!((tags[0].name.as_str(), tags[0].digest.as_str()), ("v1", m.digest.as_str()));
+    assert_eq!(
+        (tags[0].name.as_str(), tags[0].digest.as_str()),
+        ("v1", m.digest.as_str())
+    );
     assert_eq!(tags[0].size, m.payload.len() as u64 + 7);
     assert!(ids.repository_tags("no/repo").await.unwrap().is_empty());
 
@@ -1028,7 +1067,12 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     let facts = ids.repo_facts("carol/app", Some(&carol.id)).await.unwrap();
     assert!(facts.exists && !facts.public && facts.owns_namespace);
     assert_eq!(facts.namespace, Some(("carol".into(), NamespaceKind::User)));
-    assert!(!ids.repo_facts("carol/app", Some(&dave.id)).await.unwrap().owns_namespace);
+    assert!(
+        !ids.repo_facts("carol/app", Some(&dave.id))
+            .await
+            .unwrap()
+            .owns_namespace
+    );
     let facts = ids.repo_facts("corp/api", Some(&carol.id)).await.unwrap();
     assert_eq!(facts.namespace, Some(("corp".into(), NamespaceKind::Org)));
     assert_eq!(facts.org_role.as_deref(), Some("owner"));
@@ -1054,10 +1098,16 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     };
     assert_eq!(
         grants,
-        [grant("team", "corp/devs", "read"), grant("user", "dave", "write")]
+        [
+            grant("team", "corp/devs", "read"),
+            grant("user", "dave", "write")
+        ]
     );
 
-    let visible = |user: Option<String>, all: bool, ns: Option<&'static str>, after: Option<&'static str>| {
+    let visible = |user: Option<String>,
+                   all: bool,
+                   ns: Option<&'static str>,
+                   after: Option<&'static str>| {
         async move {
             let rows = ids
                 .visible_repositories(user.as_deref(), all, ns, after, 100)
@@ -1076,10 +1126,19 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
         visible(Some(dave.id.clone()), false, None, None).await,
         ["corp/api", "other/thing"]
     );
-    assert_eq!(visible(None, true, Some("corp"), None).await, ["corp/api", "corp/web"]);
-    assert_eq!(visible(None, true, Some("corp"), Some("corp/api")).await, ["corp/web"]);
+    assert_eq!(
+        visible(None, true, Some("corp"), None).await,
+        ["corp/api", "corp/web"]
+    );
+    assert_eq!(
+        visible(None, true, Some("corp"), Some("corp/api")).await,
+        ["corp/web"]
+    );
     assert!(visible(None, true, Some("corp/api"), None).await.is_empty());
-    let page = ids.visible_repositories(None, true, None, None, 2).await.unwrap();
+    let page = ids
+        .visible_repositories(None, true, None, None, 2)
+        .await
+        .unwrap();
     assert_eq!(names(&page, |r| &r.name), ["carol/app", "corp/api"]);
 
     assert!(ids.revoke("corp/api", &to_dave).await.unwrap());
@@ -1123,7 +1182,11 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
     assert!(!ids.create_api_key(&key("k3", "b-key")).await.unwrap());
     let k1 = ids.api_key("k1").await.unwrap().unwrap();
     assert_eq!(
-        (k1.name.as_str(), k1.secret_hash.as_slice(), k1.scope_name.as_str()),
+        (
+            k1.name.as_str(),
+            k1.secret_hash.as_slice(),
+            k1.scope_name.as_str()
+        ),
         ("b-key", &[1u8, 2, 3, 255][..], "eve/app")
     );
     assert!(k1.expires_at.is_some() && k1.revoked_at.is_none());
@@ -1133,7 +1196,14 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
     assert!(!ids.revoke_api_key("someone", "k1").await.unwrap());
     assert!(ids.revoke_api_key(&eve.id, "k1").await.unwrap());
     assert!(!ids.revoke_api_key(&eve.id, "k1").await.unwrap());
-    assert!(ids.api_key("k1").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(
+        ids.api_key("k1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
 
     let token = RefreshTokenRow {
         id: "t1".into(),
@@ -1145,7 +1215,11 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
     ids.create_refresh_token(&token).await.unwrap();
     let stored = ids.refresh_token("t1").await.unwrap().unwrap();
     assert_eq!(
-        (stored.user_id.as_str(), stored.service.as_str(), stored.secret_hash.as_slice()),
+        (
+            stored.user_id.as_str(),
+            stored.service.as_str(),
+            stored.secret_hash.as_slice()
+        ),
         (eve.id.as_str(), "registry", &[9u8; 32][..])
     );
     assert_eq!(stored.expires_at, token.expires_at);
@@ -1154,7 +1228,12 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
     let window = 60_000;
     assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 0);
     for n in 1..=3 {
-        assert_eq!(ids.record_login_failure("eve|1.2.3.4", window).await.unwrap(), n);
+        assert_eq!(
+            ids.record_login_failure("eve|1.2.3.4", window)
+                .await
+                .unwrap(),
+            n
+        );
     }
     assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 3);
     assert_eq!(ids.login_failures("eve|5.6.7.8", window).await.unwrap(), 0);
