@@ -175,6 +175,8 @@ pub struct Registry {
     /// Successful Basic-credential checks, keyed by a hash of the credentials, so clients that
     /// send Basic auth on every request do not pay for argon2 every time.
     logins: LocalCache<[u8; 32], access::Identity>,
+    /// Registry tokens whose signature was checked recently, keyed by the token's hash.
+    verified_tokens: LocalCache<[u8; 32], crate::auth::Claims>,
 }
 
 impl Registry {
@@ -193,6 +195,7 @@ impl Registry {
             settings: Arc::new(settings),
             tokens: Arc::new(tokens),
             logins: LocalCache::new(10_000, std::time::Duration::from_secs(60)),
+            verified_tokens: LocalCache::new(10_000, std::time::Duration::from_secs(30)),
         }
     }
 

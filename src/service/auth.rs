@@ -241,11 +241,26 @@ impl Registry {
     }
 
     /// Verifies a registry token presented to `/v2`.
+    ///
+    /// A token that verified recently is not verified again: its claims come from a short-lived
+    /// cache keyed by the token's hash, as long as they have not expired.
     pub fn verify_registry_token(&self, token: &str) -> Result<Claims> {
+        let key: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        };
+        if let Some(claims) = self.verified_tokens.get(&key)
+            && claims.exp > now_secs()
+        {
+            return Ok(claims);
+        }
         let t = self.tokens();
-        t.keys
+        let claims = t
+            .keys
             .verify(token, &t.issuer, &t.service)
-            .map_err(|_| Error::Unauthorized)
+            .map_err(|_| Error::Unauthorized)?;
+        self.verified_tokens.insert(key, claims.clone());
+        Ok(claims)
     }
 
     /// The registry's service name, for challenges.
