@@ -223,9 +223,13 @@ args=(run
     --target "distribution=http://127.0.0.1:$P_DIST" --pid "distribution=$DIST_PID"
     --static "http://127.0.0.1:$P_NGINX"
     --blob-mib "$BLOB_MIB"
+    --fsync aerugo --fsync distribution
     --sha256-mbps "$SHA" --dd-mbps "$DD" --dd-fsync-mbps "$DD_FSYNC"
     --json "$JSON" --markdown "$FRAGMENT"
     "${CREDS[@]}")
+# Both registries fsync every blob before answering: Aerugo's fs backend through OpenDAL (its writer
+# calls sync_all on close), distribution's filesystem driver on commit. So the push target that
+# applies is "≥ 0.8× dd with fsync".
 # distribution fsyncs every link file it writes (about 200 tag or mount requests per second
 # here), so populating it to 100,000 tags and repositories would take it over 15 minutes; it is
 # measured at the small scale only, Aerugo at both.
@@ -276,7 +280,9 @@ if [ "$QUICK" = 1 ]; then mode="quick (--quick)"; fi
     echo
     echo "- All servers and the load generator (\`aerugo-bench\`, in \`testkit/\`, Rust with reqwest and tokio) share this machine and talk over 127.0.0.1; the client competes with the server for the same cores, so absolute numbers are lower than with a separate load machine."
     echo "- Each workload runs against Aerugo, then distribution (then nginx where it has a counterpart), and repeats in that order; the table shows each server's median run (the better one when there are two rounds)."
+    echo "- Both registries fsync every blob before answering a push (Aerugo through OpenDAL's fs writer, distribution in its filesystem driver), so their push rates are judged against \`dd conv=fsync\`; a chunked push fsyncs every chunk."
     echo "- MB means 10^6 bytes. CPU µs per request is the server's utime + stime (\`/proc/PID/stat\`) during the run divided by the HTTP requests it served; peak RSS is \`VmHWM\`, reset through \`/proc/PID/clear_refs\` before each run."
+    echo "- The nginx column uses the same client on the same two cores, so it measures what this client can drive (a dedicated load tool on another machine gets far more from nginx); server CPU µs per request is the measure that does not depend on the client."
     echo "- Request-rate runs get a 0.25 s warm-up first. Blob content is pseudo-random and new in every run, so no server can skip work for content it already holds."
     echo "- Tags and repositories are created through the API before the list runs: one small manifest pushed under many tags, and repositories made of one cross-repository blob mount each (both registries list those in the catalog)."
     echo "- distribution fsyncs every link file it writes, so it accepts only about 200 tag or mount requests per second here; it is measured at the small scale only (\`--max-entries\`), Aerugo at both."

@@ -22,6 +22,8 @@ USAGE:
 RUN OPTIONS (defaults in brackets; --quick values in braces):
   --target NAME=URL          a registry to measure; targets alternate in this order
   --pid NAME=PID             its server process, for CPU time and peak RSS
+  --fsync NAME               target NAME fsyncs every blob before answering (decides which of
+                             the two blob push targets applies to it)
   --max-entries NAME=N       create at most N tags and N repositories on target NAME and skip
                              its list runs above that (for registries that write slowly)
   --static URL               static-file server with /small/fNNN and /large.bin (written by
@@ -106,6 +108,7 @@ pub(crate) struct Options {
     pub(crate) targets: Vec<(String, String)>,
     pub(crate) pids: Vec<(String, u32)>,
     pub(crate) max_entries: Vec<(String, usize)>,
+    pub(crate) fsync: Vec<String>,
     pub(crate) static_url: Option<String>,
     pub(crate) static_files: usize,
     pub(crate) username: Option<String>,
@@ -143,6 +146,7 @@ impl Default for Options {
             targets: Vec::new(),
             pids: Vec::new(),
             max_entries: Vec::new(),
+            fsync: Vec::new(),
             static_url: None,
             static_files: 100,
             username: None,
@@ -311,6 +315,7 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<Options> {
                     .with_context(|| format!("--max-entries wants NAME=N, got {value:?}"))?;
                 o.max_entries.push((name.to_owned(), number(n, k)?));
             }
+            "fsync" => o.fsync.push(value.clone()),
             "static" => o.static_url = Some(value.clone()),
             "static-files" => o.static_files = number(value, k)?,
             "username" => o.username = Some(value.clone()),
@@ -355,10 +360,11 @@ fn validate(o: &Options) -> anyhow::Result<()> {
         .pids
         .iter()
         .map(|(n, _)| n)
-        .chain(o.max_entries.iter().map(|(n, _)| n));
+        .chain(o.max_entries.iter().map(|(n, _)| n))
+        .chain(&o.fsync);
     for name in named {
         if !o.targets.iter().any(|(n, _)| n == name) {
-            bail!("--pid or --max-entries names {name:?}, which is not a --target");
+            bail!("--pid, --fsync or --max-entries names {name:?}, which is not a --target");
         }
     }
     let positive = [
