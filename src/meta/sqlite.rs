@@ -25,6 +25,36 @@ use crate::oci::{Digest, Reference, RepoName, Tag};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
+/// Prepared statements each connection keeps; more than the store has distinct queries, so no
+/// hot query is ever parsed twice.
+const STATEMENT_CACHE: usize = 256;
+
+/// Single statements through the connection's prepared-statement cache: rusqlite's
+/// `Connection::query_row` and `execute` parse their SQL on every call, which cost half of a
+/// manifest GET's instructions.
+trait CachedSql {
+    /// `query_row` with a cached statement.
+    fn qrow<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+    /// `execute` with a cached statement.
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl CachedSql for Connection {
+    fn qrow<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
 
 /// The SQLite metadata store.
 #[derive(Clone)]
@@ -73,6 +103,7 @@ fn open(path: &Path) -> Result<Connection> {
     )
     .map_err(db_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )
@@ -178,7 +209,7 @@ fn apply_migrations(conn: &mut Connection, migrations: &[Migration]) -> Result<(
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
         let done: Option<i64> = tx
-            .query_row(
+            .qrow(
                 "SELECT version FROM schema_migrations WHERE version = ?1",
                 [m.version],
                 |r| r.get(0),
@@ -187,7 +218,7 @@ fn apply_migrations(conn: &mut Connection, migrations: &[Migration]) -> Result<(
             .map_err(db_err)?;
         if done.is_none() {
             tx.execute_batch(m.sql).map_err(db_err)?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
                 params![m.version, m.name, now_millis()],
             )
@@ -200,7 +231,7 @@ fn apply_migrations(conn: &mut Connection, migrations: &[Migration]) -> Result<(
 }
 
 fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| {
+    conn.qrow("SELECT id FROM repositories WHERE name = ?1", [repo], |r| {
         r.get(0)
     })
     .optional()
@@ -211,7 +242,7 @@ fn ensure_repo(tx: &Connection, repo: &str) -> rusqlite::Result<String> {
         return Ok(id);
     }
     let id = uuid::Uuid::new_v4().to_string();
-    tx.execute(
+    tx.exec(
         "INSERT INTO repositories (id, name, created_at) VALUES (?1, ?2, ?3)",
         params![id, repo, now_millis()],
     )?;
@@ -219,7 +250,7 @@ fn ensure_repo(tx: &Connection, repo: &str) -> rusqlite::Result<String> {
 }
 
 fn link_blob(tx: &Connection, repo_id: &str, digest: &str) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO repository_blobs (repo_id, digest, created_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (repo_id, digest) DO NOTHING",
         params![repo_id, digest, now_millis()],
@@ -254,7 +285,7 @@ fn upload_parts(conn: &Connection, id: &str) -> rusqlite::Result<Vec<UploadPart>
 
 fn load_upload(conn: &Connection, repo: &str, id: &str) -> rusqlite::Result<Option<UploadRow>> {
     let row: Option<(i64, Vec<u8>)> = conn
-        .query_row(
+        .qrow(
             "SELECT u.byte_offset, u.hash_state FROM uploads u
              JOIN repositories r ON r.id = u.repo_id
              WHERE u.id = ?1 AND r.name = ?2",
@@ -274,8 +305,8 @@ fn load_upload(conn: &Connection, repo: &str, id: &str) -> rusqlite::Result<Opti
 }
 
 fn remove_upload(tx: &Connection, id: &str) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [id])?;
-    tx.execute("DELETE FROM uploads WHERE id = ?1", [id])?;
+    tx.exec("DELETE FROM upload_parts WHERE upload_id = ?1", [id])?;
+    tx.exec("DELETE FROM uploads WHERE id = ?1", [id])?;
     Ok(())
 }
 
@@ -286,7 +317,7 @@ fn digests(rows: Vec<String>) -> Result<Vec<Digest>> {
 #[async_trait]
 impl MetaStore for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.read(|c| c.qrow("SELECT 1", [], |_| Ok(()))).await
     }
 
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
@@ -310,7 +341,7 @@ impl MetaStore for SqliteStore {
         let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
         let raw: Option<RawBlob> = self
             .read(move |c| {
-                c.query_row(
+                c.qrow(
                     "SELECT b.digest, b.size, b.storage_key FROM blobs b
                      JOIN repository_blobs rb ON rb.digest = b.digest
                      JOIN repositories r ON r.id = rb.repo_id
@@ -328,7 +359,7 @@ impl MetaStore for SqliteStore {
         let digest = digest.as_str().to_owned();
         let raw: Option<RawBlob> = self
             .read(move |c| {
-                c.query_row(
+                c.qrow(
                     "SELECT digest, size, storage_key FROM blobs WHERE digest = ?1",
                     [digest],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -353,7 +384,7 @@ impl MetaStore for SqliteStore {
         let raw: Option<RawBlob> = self
             .write(move |tx| {
                 let raw: Option<RawBlob> = tx
-                    .query_row(
+                    .qrow(
                         "SELECT b.digest, b.size, b.storage_key FROM blobs b
                          JOIN repository_blobs rb ON rb.digest = b.digest
                          JOIN repositories r ON r.id = rb.repo_id
@@ -389,7 +420,7 @@ impl MetaStore for SqliteStore {
                 if !referencing.is_empty() {
                     return Ok((Delete::Deleted, referencing));
                 }
-                let n = tx.execute(
+                let n = tx.exec(
                     "DELETE FROM repository_blobs WHERE repo_id = ?1 AND digest = ?2",
                     [&id, &digest],
                 )?;
@@ -415,7 +446,7 @@ impl MetaStore for SqliteStore {
         self.write(move |tx| {
             let repo_id = ensure_repo(tx, &repo)?;
             let now = now_millis();
-            tx.execute(
+            tx.exec(
                 "INSERT INTO uploads (id, repo_id, byte_offset, hash_state, started_at, updated_at)
                  VALUES (?1, ?2, 0, ?3, ?4, ?4)",
                 params![id, repo_id, state, now],
@@ -439,7 +470,7 @@ impl MetaStore for SqliteStore {
     ) -> Result<bool> {
         let (id, part, state) = (id.to_owned(), part.clone(), hash_state.to_vec());
         self.write(move |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE uploads SET byte_offset = ?1, hash_state = ?2, updated_at = ?3
                  WHERE id = ?4 AND byte_offset = ?5",
                 params![
@@ -453,7 +484,7 @@ impl MetaStore for SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO upload_parts (upload_id, start_offset, size, storage_key)
                  VALUES (?1, ?2, ?3, ?4)",
                 params![id, to_i64(part.start), to_i64(part.size), part.storage_key],
@@ -492,14 +523,14 @@ impl MetaStore for SqliteStore {
                 remove_upload(tx, &id)?;
                 let repo_id = ensure_repo(tx, &repo)?;
                 let existing: Option<RawBlob> = tx
-                    .query_row(
+                    .qrow(
                         "SELECT digest, size, storage_key FROM blobs WHERE digest = ?1",
                         [blob.digest.as_str()],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()?;
                 if existing.is_none() {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO blobs (digest, size, storage_key, created_at)
                          VALUES (?1, ?2, ?3, ?4)",
                         params![
@@ -556,7 +587,7 @@ impl MetaStore for SqliteStore {
                     None => ensure_repo(tx, &repo)?,
                 };
                 let now = now_millis();
-                let inserted = tx.execute(
+                let inserted = tx.exec(
                     "INSERT INTO manifests (repo_id, digest, media_type, payload, size,
                         subject_digest, artifact_type, annotations, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -575,14 +606,14 @@ impl MetaStore for SqliteStore {
                 )?;
                 if inserted > 0 {
                     for d in &m.blobs {
-                        tx.execute(
+                        tx.exec(
                             "INSERT INTO manifest_blobs (repo_id, manifest_digest, blob_digest)
                              VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                             params![repo_id, m.digest.as_str(), d.as_str()],
                         )?;
                     }
                     for d in &m.children {
-                        tx.execute(
+                        tx.exec(
                             "INSERT INTO manifest_children (repo_id, manifest_digest, child_digest)
                              VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                             params![repo_id, m.digest.as_str(), d.as_str()],
@@ -590,7 +621,7 @@ impl MetaStore for SqliteStore {
                     }
                 }
                 if let Some(tag) = &m.tag {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO tags (repo_id, name, manifest_digest, updated_at)
                          VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (repo_id, name)
@@ -621,7 +652,7 @@ impl MetaStore for SqliteStore {
                 let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
                 match reference {
                     Reference::Digest(d) => c
-                        .query_row(
+                        .qrow(
                             "SELECT m.digest, m.media_type, m.payload FROM manifests m
                              JOIN repositories r ON r.id = m.repo_id
                              WHERE r.name = ?1 AND m.digest = ?2",
@@ -630,7 +661,7 @@ impl MetaStore for SqliteStore {
                         )
                         .optional(),
                     Reference::Tag(t) => c
-                        .query_row(
+                        .qrow(
                             "SELECT m.digest, m.media_type, m.payload FROM tags t
                              JOIN repositories r ON r.id = t.repo_id
                              JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest
@@ -658,7 +689,7 @@ impl MetaStore for SqliteStore {
             let Some(id) = repo_id(tx, &repo)? else {
                 return Ok(false);
             };
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "DELETE FROM tags WHERE repo_id = ?1 AND name = ?2",
                 [&id, &tag],
             )? > 0)
@@ -683,22 +714,22 @@ impl MetaStore for SqliteStore {
                 if !referencing.is_empty() {
                     return Ok((Delete::Deleted, referencing));
                 }
-                let n = tx.execute(
+                let n = tx.exec(
                     "DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2",
                     [&id, &digest],
                 )?;
                 if n == 0 {
                     return Ok((Delete::NotFound, Vec::new()));
                 }
-                tx.execute(
+                tx.exec(
                     "DELETE FROM tags WHERE repo_id = ?1 AND manifest_digest = ?2",
                     [&id, &digest],
                 )?;
-                tx.execute(
+                tx.exec(
                     "DELETE FROM manifest_blobs WHERE repo_id = ?1 AND manifest_digest = ?2",
                     [&id, &digest],
                 )?;
-                tx.execute(
+                tx.exec(
                     "DELETE FROM manifest_children WHERE repo_id = ?1 AND manifest_digest = ?2",
                     [&id, &digest],
                 )?;

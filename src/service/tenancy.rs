@@ -611,6 +611,7 @@ impl Registry {
     pub async fn delete_repository(&self, caller: &Identity, repo: &RepoName) -> Result<()> {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
+        self.ensure_delete_enabled()?;
         self.identity.delete_repository(repo.as_str()).await?;
         Ok(())
     }

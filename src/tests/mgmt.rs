@@ -640,6 +640,26 @@ async fn tenancy_lifecycle() {
 }
 
 #[tokio::test]
+async fn repository_deletes_follow_the_registry_setting() {
+    let node = node_with(&[("AERUGO_REGISTRY__DELETE_ENABLED", "false")]).await;
+    node.client()
+        .push_image("keep/app", "v1", &small_image(41))
+        .await
+        .unwrap();
+    let ans = expect(
+        &node,
+        &admin(),
+        Method::DELETE,
+        "/repos/keep/app",
+        None,
+        405,
+    )
+    .await;
+    assert_eq!(ans.body["error"]["code"], "unsupported");
+    assert_eq!(pull(&node.client(), "keep/app").await, 200);
+}
+
+#[tokio::test]
 async fn self_signup_is_decided_by_configuration() {
     let node = node().await;
     let body = json!({ "username": "eve", "password": "long-enough", "email": "e@x" });

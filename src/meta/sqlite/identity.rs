@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::SqliteStore;
+use super::{CachedSql as _, SqliteStore};
 use crate::meta::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, MemberRow, NamespaceKind, NewUser, OrgRow,
     RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
@@ -85,7 +85,7 @@ fn subject_cols(subject: &GrantSubject) -> (&'static str, &str) {
 #[async_trait]
 impl IdentityStore for SqliteStore {
     async fn count_users(&self) -> Result<u64> {
-        self.read(|c| c.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0)))
+        self.read(|c| c.qrow("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0)))
             .await
             .map(|n| u64::try_from(n).unwrap_or(0))
     }
@@ -97,11 +97,11 @@ impl IdentityStore for SqliteStore {
                 return Ok(None);
             }
             let (ns_id, user_id, now) = (new_id(), new_id(), now_millis());
-            tx.execute(
+            tx.exec(
                 "INSERT INTO namespaces (id, name, kind, created_at) VALUES (?1, ?2, 'user', ?3)",
                 params![ns_id, user.username, now],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO users (id, namespace_id, username, email, password_hash, is_admin,
                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                 params![
@@ -129,7 +129,7 @@ impl IdentityStore for SqliteStore {
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>> {
         let username = username.to_owned();
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 &format!("SELECT {USER_COLS} FROM users WHERE username = ?1"),
                 [username],
                 user_row,
@@ -142,7 +142,7 @@ impl IdentityStore for SqliteStore {
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
         let id = id.to_owned();
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
                 [id],
                 user_row,
@@ -167,7 +167,7 @@ impl IdentityStore for SqliteStore {
     async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<bool> {
         let (id, u) = (id.to_owned(), update.clone());
         self.write(move |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE users SET email = coalesce(?2, email), password_hash = coalesce(?3, password_hash),
                     is_admin = coalesce(?4, is_admin), updated_at = ?5 WHERE id = ?1",
                 params![id, u.email, u.password_hash, u.is_admin.map(i64::from), now_millis()],
@@ -181,7 +181,7 @@ impl IdentityStore for SqliteStore {
         let id = id.to_owned();
         self.write(move |tx| {
             let Some((ns_id, name)): Option<(String, String)> = tx
-                .query_row("SELECT namespace_id, username FROM users WHERE id = ?1", [&id], |r| {
+                .qrow("SELECT namespace_id, username FROM users WHERE id = ?1", [&id], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?
@@ -192,7 +192,7 @@ impl IdentityStore for SqliteStore {
                 return Ok(Err(format!("namespace {name} still holds repositories; delete them first")));
             }
             let last_owner: Option<String> = tx
-                .query_row(
+                .qrow(
                     "SELECT n.name FROM org_members m JOIN namespaces n ON n.id = m.org_id
                      WHERE m.user_id = ?1 AND m.role = 'owner'
                        AND (SELECT count(*) FROM org_members o WHERE o.org_id = m.org_id AND o.role = 'owner') = 1
@@ -204,13 +204,13 @@ impl IdentityStore for SqliteStore {
             if let Some(org) = last_owner {
                 return Ok(Err(format!("user is the last owner of organization {org}")));
             }
-            tx.execute("DELETE FROM org_members WHERE user_id = ?1", [&id])?;
-            tx.execute("DELETE FROM team_members WHERE user_id = ?1", [&id])?;
-            tx.execute("DELETE FROM repo_permissions WHERE subject_kind = 'user' AND subject_id = ?1", [&id])?;
-            tx.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])?;
-            tx.execute("DELETE FROM refresh_tokens WHERE user_id = ?1", [&id])?;
-            tx.execute("DELETE FROM users WHERE id = ?1", [&id])?;
-            tx.execute("DELETE FROM namespaces WHERE id = ?1", [&ns_id])?;
+            tx.exec("DELETE FROM org_members WHERE user_id = ?1", [&id])?;
+            tx.exec("DELETE FROM team_members WHERE user_id = ?1", [&id])?;
+            tx.exec("DELETE FROM repo_permissions WHERE subject_kind = 'user' AND subject_id = ?1", [&id])?;
+            tx.exec("DELETE FROM api_keys WHERE user_id = ?1", [&id])?;
+            tx.exec("DELETE FROM refresh_tokens WHERE user_id = ?1", [&id])?;
+            tx.exec("DELETE FROM users WHERE id = ?1", [&id])?;
+            tx.exec("DELETE FROM namespaces WHERE id = ?1", [&ns_id])?;
             Ok(Ok(true))
         })
         .await
@@ -223,11 +223,11 @@ impl IdentityStore for SqliteStore {
                 return Ok(None);
             }
             let (id, now) = (new_id(), now_millis());
-            tx.execute(
+            tx.exec(
                 "INSERT INTO namespaces (id, name, kind, created_at) VALUES (?1, ?2, 'org', ?3)",
                 params![id, name, now],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO org_members (org_id, user_id, role, created_at) VALUES (?1, ?2, 'owner', ?3)",
                 params![id, owner, now],
             )?;
@@ -239,7 +239,7 @@ impl IdentityStore for SqliteStore {
     async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>> {
         let name = name.to_owned();
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 "SELECT id, name, created_at FROM namespaces WHERE name = ?1 AND kind = 'org'",
                 [name],
                 |r| {
@@ -281,7 +281,7 @@ impl IdentityStore for SqliteStore {
         let id = id.to_owned();
         self.write(move |tx| {
             let Some(name): Option<String> = tx
-                .query_row("SELECT name FROM namespaces WHERE id = ?1 AND kind = 'org'", [&id], |r| r.get(0))
+                .qrow("SELECT name FROM namespaces WHERE id = ?1 AND kind = 'org'", [&id], |r| r.get(0))
                 .optional()?
             else {
                 return Ok(Ok(false));
@@ -289,15 +289,15 @@ impl IdentityStore for SqliteStore {
             if namespace_has_repos(tx, &name)? {
                 return Ok(Err(format!("organization {name} still holds repositories; delete them first")));
             }
-            tx.execute(
+            tx.exec(
                 "DELETE FROM repo_permissions WHERE subject_kind = 'team'
                    AND subject_id IN (SELECT id FROM teams WHERE org_id = ?1)",
                 [&id],
             )?;
-            tx.execute("DELETE FROM team_members WHERE team_id IN (SELECT id FROM teams WHERE org_id = ?1)", [&id])?;
-            tx.execute("DELETE FROM teams WHERE org_id = ?1", [&id])?;
-            tx.execute("DELETE FROM org_members WHERE org_id = ?1", [&id])?;
-            tx.execute("DELETE FROM namespaces WHERE id = ?1", [&id])?;
+            tx.exec("DELETE FROM team_members WHERE team_id IN (SELECT id FROM teams WHERE org_id = ?1)", [&id])?;
+            tx.exec("DELETE FROM teams WHERE org_id = ?1", [&id])?;
+            tx.exec("DELETE FROM org_members WHERE org_id = ?1", [&id])?;
+            tx.exec("DELETE FROM namespaces WHERE id = ?1", [&id])?;
             Ok(Ok(true))
         })
         .await
@@ -306,7 +306,7 @@ impl IdentityStore for SqliteStore {
     async fn set_org_member(&self, org: &str, user: &str, role: &str) -> Result<()> {
         let (org, user, role) = (org.to_owned(), user.to_owned(), role.to_owned());
         self.write(move |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO org_members (org_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
                 params![org, user, role, now_millis()],
@@ -319,11 +319,11 @@ impl IdentityStore for SqliteStore {
     async fn remove_org_member(&self, org: &str, user: &str) -> Result<bool> {
         let (org, user) = (org.to_owned(), user.to_owned());
         self.write(move |tx| {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM team_members WHERE user_id = ?2 AND team_id IN (SELECT id FROM teams WHERE org_id = ?1)",
                 [&org, &user],
             )?;
-            Ok(tx.execute("DELETE FROM org_members WHERE org_id = ?1 AND user_id = ?2", [&org, &user])? > 0)
+            Ok(tx.exec("DELETE FROM org_members WHERE org_id = ?1 AND user_id = ?2", [&org, &user])? > 0)
         })
         .await
     }
@@ -351,7 +351,7 @@ impl IdentityStore for SqliteStore {
         let (org, name) = (org.to_owned(), name.to_owned());
         self.write(move |tx| {
             let id = new_id();
-            let n = tx.execute(
+            let n = tx.exec(
                 "INSERT INTO teams (id, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (org_id, name) DO NOTHING",
                 params![id, org, name, now_millis()],
@@ -368,7 +368,7 @@ impl IdentityStore for SqliteStore {
     async fn team(&self, org: &str, name: &str) -> Result<Option<TeamRow>> {
         let (org, name) = (org.to_owned(), name.to_owned());
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 "SELECT id, org_id, name FROM teams WHERE org_id = ?1 AND name = ?2",
                 [org, name],
                 |r| {
@@ -405,12 +405,12 @@ impl IdentityStore for SqliteStore {
     async fn delete_team(&self, team: &str) -> Result<bool> {
         let team = team.to_owned();
         self.write(move |tx| {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM repo_permissions WHERE subject_kind = 'team' AND subject_id = ?1",
                 [&team],
             )?;
-            tx.execute("DELETE FROM team_members WHERE team_id = ?1", [&team])?;
-            Ok(tx.execute("DELETE FROM teams WHERE id = ?1", [&team])? > 0)
+            tx.exec("DELETE FROM team_members WHERE team_id = ?1", [&team])?;
+            Ok(tx.exec("DELETE FROM teams WHERE id = ?1", [&team])? > 0)
         })
         .await
     }
@@ -418,7 +418,7 @@ impl IdentityStore for SqliteStore {
     async fn add_team_member(&self, team: &str, user: &str) -> Result<()> {
         let (team, user) = (team.to_owned(), user.to_owned());
         self.write(move |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO team_members (team_id, user_id, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (team_id, user_id) DO NOTHING",
                 params![team, user, now_millis()],
@@ -431,7 +431,7 @@ impl IdentityStore for SqliteStore {
     async fn remove_team_member(&self, team: &str, user: &str) -> Result<bool> {
         let (team, user) = (team.to_owned(), user.to_owned());
         self.write(move |tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "DELETE FROM team_members WHERE team_id = ?1 AND user_id = ?2",
                 [team, user],
             )? > 0)
@@ -458,7 +458,7 @@ impl IdentityStore for SqliteStore {
             let ns_name = repo.split('/').next().unwrap_or("").to_owned();
             let mut facts = RepoFacts::default();
             let row: Option<(String, Option<String>)> = c
-                .query_row("SELECT id, visibility FROM repositories WHERE name = ?1", [&repo], |r| {
+                .qrow("SELECT id, visibility FROM repositories WHERE name = ?1", [&repo], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?;
@@ -468,7 +468,7 @@ impl IdentityStore for SqliteStore {
                 facts.public = Visibility::parse(vis.as_deref()) == Visibility::Public;
             }
             let ns: Option<(String, String)> = c
-                .query_row("SELECT id, kind FROM namespaces WHERE name = ?1", [&ns_name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .qrow("SELECT id, kind FROM namespaces WHERE name = ?1", [&ns_name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let ns_id = ns.as_ref().map(|(id, _)| id.clone());
             facts.namespace = ns.map(|(_, kind)| {
@@ -484,12 +484,12 @@ impl IdentityStore for SqliteStore {
             }
             if let (Some((_, NamespaceKind::Org)), Some(ns_id)) = (&facts.namespace, &ns_id) {
                 facts.org_role = c
-                    .query_row("SELECT role FROM org_members WHERE org_id = ?1 AND user_id = ?2", [ns_id, &user], |r| r.get(0))
+                    .qrow("SELECT role FROM org_members WHERE org_id = ?1 AND user_id = ?2", [ns_id, &user], |r| r.get(0))
                     .optional()?;
             }
             if let Some(repo_id) = repo_id {
                 facts.user_grant = c
-                    .query_row(
+                    .qrow(
                         "SELECT permission FROM repo_permissions WHERE repo_id = ?1 AND subject_kind = 'user' AND subject_id = ?2",
                         [&repo_id, &user],
                         |r| r.get(0),
@@ -509,7 +509,7 @@ impl IdentityStore for SqliteStore {
     async fn init_visibility(&self, repo: &str, visibility: Visibility) -> Result<()> {
         let repo = repo.to_owned();
         self.write(move |tx| {
-            tx.execute(
+            tx.exec(
                 "UPDATE repositories SET visibility = ?2 WHERE name = ?1 AND visibility IS NULL",
                 params![repo, visibility.as_str()],
             )?;
@@ -521,7 +521,7 @@ impl IdentityStore for SqliteStore {
     async fn set_visibility(&self, repo: &str, visibility: Visibility) -> Result<bool> {
         let repo = repo.to_owned();
         self.write(move |tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "UPDATE repositories SET visibility = ?2 WHERE name = ?1",
                 params![repo, visibility.as_str()],
             )? > 0)
@@ -532,7 +532,7 @@ impl IdentityStore for SqliteStore {
     async fn repository(&self, repo: &str) -> Result<Option<RepoSummary>> {
         let repo = repo.to_owned();
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 "SELECT name, visibility, created_at FROM repositories WHERE name = ?1",
                 [repo],
                 repo_summary,
@@ -607,7 +607,7 @@ impl IdentityStore for SqliteStore {
         let repo = repo.to_owned();
         self.write(move |tx| {
             let Some(id): Option<String> =
-                tx.query_row("SELECT id FROM repositories WHERE name = ?1", [&repo], |r| r.get(0)).optional()?
+                tx.qrow("SELECT id FROM repositories WHERE name = ?1", [&repo], |r| r.get(0)).optional()?
             else {
                 return Ok(false);
             };
@@ -619,11 +619,11 @@ impl IdentityStore for SqliteStore {
                 "repository_blobs",
                 "repo_permissions",
             ] {
-                tx.execute(&format!("DELETE FROM {table} WHERE repo_id = ?1"), [&id])?;
+                tx.exec(&format!("DELETE FROM {table} WHERE repo_id = ?1"), [&id])?;
             }
-            tx.execute("DELETE FROM upload_parts WHERE upload_id IN (SELECT id FROM uploads WHERE repo_id = ?1)", [&id])?;
-            tx.execute("DELETE FROM uploads WHERE repo_id = ?1", [&id])?;
-            tx.execute("DELETE FROM repositories WHERE id = ?1", [&id])?;
+            tx.exec("DELETE FROM upload_parts WHERE upload_id IN (SELECT id FROM uploads WHERE repo_id = ?1)", [&id])?;
+            tx.exec("DELETE FROM uploads WHERE repo_id = ?1", [&id])?;
+            tx.exec("DELETE FROM repositories WHERE id = ?1", [&id])?;
             Ok(true)
         })
         .await
@@ -635,11 +635,11 @@ impl IdentityStore for SqliteStore {
         let sid = sid.to_owned();
         self.write(move |tx| {
             let Some(id): Option<String> =
-                tx.query_row("SELECT id FROM repositories WHERE name = ?1", [&repo], |r| r.get(0)).optional()?
+                tx.qrow("SELECT id FROM repositories WHERE name = ?1", [&repo], |r| r.get(0)).optional()?
             else {
                 return Ok(false);
             };
-            tx.execute(
+            tx.exec(
                 "INSERT INTO repo_permissions (repo_id, subject_kind, subject_id, permission, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (repo_id, subject_kind, subject_id) DO UPDATE SET permission = excluded.permission",
@@ -655,7 +655,7 @@ impl IdentityStore for SqliteStore {
         let (kind, sid) = subject_cols(subject);
         let sid = sid.to_owned();
         self.write(move |tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "DELETE FROM repo_permissions WHERE subject_kind = ?2 AND subject_id = ?3
                    AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
                 params![repo, kind, sid],
@@ -691,7 +691,7 @@ impl IdentityStore for SqliteStore {
     async fn create_api_key(&self, key: &ApiKeyRow) -> Result<bool> {
         let k = key.clone();
         self.write(move |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 &format!(
                     "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (user_id, name) DO NOTHING"
@@ -706,7 +706,7 @@ impl IdentityStore for SqliteStore {
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRow>> {
         let id = id.to_owned();
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 &format!("SELECT {KEY_COLS} FROM api_keys WHERE id = ?1"),
                 [id],
                 key_row,
@@ -731,7 +731,7 @@ impl IdentityStore for SqliteStore {
     async fn revoke_api_key(&self, user: &str, id: &str) -> Result<bool> {
         let (user, id) = (user.to_owned(), id.to_owned());
         self.write(move |tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "UPDATE api_keys SET revoked_at = ?3 WHERE user_id = ?1 AND id = ?2 AND revoked_at IS NULL",
                 params![user, id, now_millis()],
             )? > 0)
@@ -742,7 +742,7 @@ impl IdentityStore for SqliteStore {
     async fn create_refresh_token(&self, token: &RefreshTokenRow) -> Result<()> {
         let t = token.clone();
         self.write(move |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO refresh_tokens (id, user_id, service, secret_hash, expires_at, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![t.id, t.user_id, t.service, t.secret_hash, t.expires_at, now_millis()],
@@ -755,7 +755,7 @@ impl IdentityStore for SqliteStore {
     async fn refresh_token(&self, id: &str) -> Result<Option<RefreshTokenRow>> {
         let id = id.to_owned();
         self.read(move |c| {
-            c.query_row(
+            c.qrow(
                 "SELECT id, user_id, service, secret_hash, expires_at FROM refresh_tokens WHERE id = ?1",
                 [id],
                 |r| {
@@ -777,7 +777,7 @@ impl IdentityStore for SqliteStore {
         let key = key.to_owned();
         self.read(move |c| {
             let row: Option<(i64, i64)> = c
-                .query_row(
+                .qrow(
                     "SELECT failures, window_start FROM login_failures WHERE key = ?1",
                     [key],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -797,14 +797,14 @@ impl IdentityStore for SqliteStore {
         let key = key.to_owned();
         self.write(move |tx| {
             let now = now_millis();
-            tx.execute(
+            tx.exec(
                 "INSERT INTO login_failures (key, failures, window_start) VALUES (?1, 1, ?2)
                  ON CONFLICT (key) DO UPDATE SET
                     failures = CASE WHEN ?2 - login_failures.window_start < ?3 THEN login_failures.failures + 1 ELSE 1 END,
                     window_start = CASE WHEN ?2 - login_failures.window_start < ?3 THEN login_failures.window_start ELSE ?2 END",
                 params![key, now, window_ms],
             )?;
-            let n: i64 = tx.query_row("SELECT failures FROM login_failures WHERE key = ?1", [&key], |r| r.get(0))?;
+            let n: i64 = tx.qrow("SELECT failures FROM login_failures WHERE key = ?1", [&key], |r| r.get(0))?;
             Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
         .await
@@ -813,7 +813,7 @@ impl IdentityStore for SqliteStore {
     async fn clear_login_failures(&self, key: &str) -> Result<()> {
         let key = key.to_owned();
         self.write(move |tx| {
-            tx.execute("DELETE FROM login_failures WHERE key = ?1", [key])?;
+            tx.exec("DELETE FROM login_failures WHERE key = ?1", [key])?;
             Ok(())
         })
         .await
