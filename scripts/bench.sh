@@ -83,12 +83,15 @@ cleanup() {
     done
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
+    if [ -n "$AERUGO_PG_PID" ]; then
+        psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mapfile -t ports < <("$BENCH" free-ports 3)
-P_AERUGO=${ports[0]} P_DIST=${ports[1]} P_NGINX=${ports[2]}
+mapfile -t ports < <("$BENCH" free-ports 4)
+P_AERUGO=${ports[0]} P_DIST=${ports[1]} P_NGINX=${ports[2]} P_AERUGO_PG=${ports[3]}
 
 log "starting Aerugo (SQLite + filesystem) on 127.0.0.1:$P_AERUGO"
 mkdir -p "$WORK/aerugo"
@@ -112,6 +115,25 @@ fi
 "$AERUGO" serve >"$WORK/aerugo.log" 2>&1 &
 AERUGO_PID=$!
 PIDS+=("$AERUGO_PID")
+
+# The same binary with its metadata on PostgreSQL (the stateless-node backend), on a database of
+# its own on AERUGO_BENCH_DATABASE_URL's server (default: the local one, trust auth), dropped on exit.
+PG_ADMIN_URL="${AERUGO_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+PG_DB="aerugo_bench_$$"
+AERUGO_PG_PID=""
+if command -v psql >/dev/null && psql "$PG_ADMIN_URL" -qAtc "CREATE DATABASE $PG_DB" >/dev/null 2>&1; then
+    log "starting Aerugo (PostgreSQL + filesystem) on 127.0.0.1:$P_AERUGO_PG"
+    mkdir -p "$WORK/aerugo-pg"
+    AERUGO_SERVER__LISTEN_ADDRESS="127.0.0.1:$P_AERUGO_PG" \
+        AERUGO_DATABASE__URL="${PG_ADMIN_URL%/*}/$PG_DB" \
+        AERUGO_STORAGE__ROOT="$WORK/aerugo-pg/blobs" \
+        AERUGO_AUTH__SIGNING_KEY_FILE="$WORK/aerugo-pg/token-key.pem" \
+        "$AERUGO" serve >"$WORK/aerugo-pg.log" 2>&1 &
+    AERUGO_PG_PID=$!
+    PIDS+=("$AERUGO_PG_PID")
+else
+    log "no PostgreSQL at $PG_ADMIN_URL (or psql missing): the PostgreSQL column is skipped"
+fi
 
 log "starting distribution $("$REGISTRY" --version | awk '{print $3}') on 127.0.0.1:$P_DIST"
 mkdir -p "$WORK/distribution"
@@ -178,6 +200,10 @@ PIDS+=("$!")
 
 "$BENCH" wait "http://127.0.0.1:$P_AERUGO/v2/" --timeout 60 ||
     die "Aerugo did not start: $(tail -5 "$WORK/aerugo.log")"
+if [ -n "$AERUGO_PG_PID" ]; then
+    "$BENCH" wait "http://127.0.0.1:$P_AERUGO_PG/v2/" --timeout 60 ||
+        die "Aerugo on PostgreSQL did not start: $(tail -5 "$WORK/aerugo-pg.log")"
+fi
 "$BENCH" wait "http://127.0.0.1:$P_DIST/v2/" --timeout 60 ||
     die "distribution did not start: $(tail -5 "$WORK/distribution.log")"
 "$BENCH" wait "http://127.0.0.1:$P_NGINX/" --timeout 60 ||
@@ -227,6 +253,9 @@ args=(run
     --sha256-mbps "$SHA" --dd-mbps "$DD" --dd-fsync-mbps "$DD_FSYNC"
     --json "$JSON" --markdown "$FRAGMENT"
     "${CREDS[@]}")
+if [ -n "$AERUGO_PG_PID" ]; then
+    args+=(--target "aerugo-pg=http://127.0.0.1:$P_AERUGO_PG" --pid "aerugo-pg=$AERUGO_PG_PID" --fsync aerugo-pg)
+fi
 # Both registries fsync every blob before answering: Aerugo's fs backend through OpenDAL (its writer
 # calls sync_all on close), distribution's filesystem driver on commit. So the push target that
 # applies is "≥ 0.8× dd with fsync".
@@ -238,6 +267,11 @@ if [ "$QUICK" = 1 ]; then
 else
     args+=(--max-entries distribution=10000)
 fi
+# Populating PostgreSQL to 100,000 tags and repositories one request at a time takes long too; the
+# flat-cost claim is shown on SQLite, PostgreSQL is measured at 10,000.
+if [ -n "$AERUGO_PG_PID" ]; then
+    if [ "$QUICK" = 1 ]; then args+=(--max-entries aerugo-pg=1000); else args+=(--max-entries aerugo-pg=10000); fi
+fi
 log "running the workloads (this takes a while; progress below)"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
@@ -246,7 +280,7 @@ elapsed=$(($(date +%s) - started))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 cp "$JSON" target/bench/latest.json
 
-for pid in "$AERUGO_PID" "$DIST_PID"; do
+for pid in "$AERUGO_PID" "$DIST_PID" $AERUGO_PG_PID; do
     kill -0 "$pid" 2>/dev/null || die "a server died during the run (pid $pid); see $WORK"
 done
 
@@ -272,6 +306,9 @@ if [ "$QUICK" = 1 ]; then mode="quick (--quick)"; fi
     echo "- CPU: $cpu, $(nproc) cores; memory: $mem; $os, Linux $(uname -r)."
     echo "- Load average (1, 5, 15 min) just before the workloads: $LOAD_BEFORE; just after: $LOAD_AFTER. Anything else running on the machine lowers every absolute number; the same-run ratios are the stable part."
     echo "- Aerugo: commit $rev, $(rustc --version | awk '{print $1, $2}'), release build; embedded mode (SQLite + filesystem in a temporary directory), \`AERUGO_LOG=warn\`, $AUTH_NOTE."
+    if [ -n "$AERUGO_PG_PID" ]; then
+        echo "- aerugo-pg: the same binary with its metadata on PostgreSQL $(psql "$PG_ADMIN_URL" -qAtc 'SHOW server_version' 2>/dev/null) on this machine (SERIALIZABLE writes, TCP on loopback), blobs on the filesystem."
+    fi
     echo "- CNCF distribution: $("$REGISTRY" --version | awk '{print $3}') (Debian package \`docker-registry\`), filesystem storage, delete enabled, in-memory blob descriptor cache, no access log."
     echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'), \`sendfile on\`, no access log, one worker per core."
     echo "- Context measured in this run: one core's SHA-256 rate $SHA_SUM MB/s with coreutils \`sha256sum\`, $SHA_RUST MB/s with the sha2 crate Aerugo uses, ${SHA_SSL:-(not measured)} MB/s with \`openssl speed -evp sha256\` (the targets use the best: $SHA MB/s); \`dd\` of $BLOB_MIB MiB from \`/dev/zero\` $DD MB/s without and $DD_FSYNC MB/s with \`conv=fsync\` (median of three each, on the filesystem holding the registries' data)."
