@@ -12,6 +12,7 @@ mod clients;
 mod listing;
 mod manifests;
 mod mgmt;
+mod multinode;
 mod process;
 mod robustness;
 mod support;
