@@ -14,5 +14,6 @@ mod manifests;
 mod mgmt;
 mod process;
 mod robustness;
+mod s3;
 mod support;
 mod uploads;
