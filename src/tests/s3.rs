@@ -206,3 +206,46 @@ async fn s3_chunked_upload_survives_a_node_restart() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.bytes().await.unwrap() == b.data);
 }
+
+/// skopeo (containers/image, Go's `net/http`) pulls through the redirect: it follows the 307 to
+/// S3 without the registry credentials, and the layers it stores are the ones pushed.
+#[tokio::test]
+async fn s3_skopeo_pulls_through_the_redirect() {
+    let server = S3Server::start().unwrap();
+    let node = s3_node(&server, &[]).await;
+    let repo = "s3/skopeo";
+    let img = image(7, 2, 200_000, "amd64");
+    node.client().push_image(repo, "v1", &img).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let layout = dir.path().join("layout");
+    let skopeo = aerugo_testkit::clients::require("skopeo").unwrap_or_else(|e| panic!("{e:#}"));
+    let mut command = tokio::process::Command::new(skopeo);
+    command
+        .env("HOME", &home)
+        .env("REGISTRY_AUTH_FILE", home.join("auth.json"))
+        .args(["copy", "--src-tls-verify=false", "--src-creds"])
+        .arg(format!("admin:{}", crate::support::ADMIN_PASSWORD))
+        .arg(format!("docker://127.0.0.1:{}/{repo}:v1", node.port()))
+        .arg(format!("oci:{}:v1", layout.display()));
+    if let Err(e) =
+        aerugo_testkit::clients::run(&mut command, std::time::Duration::from_secs(120)).await
+    {
+        panic!("{e:#}\nnode log:\n{}", node.log());
+    }
+    for layer in &img.layers {
+        let hex = layer.digest.trim_start_matches("sha256:");
+        let stored = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+        assert!(stored == layer.data, "layer {} pulled intact", layer.digest);
+    }
+    // The node redirected the layer downloads rather than serving them.
+    let log = node.log();
+    let hex = img.layers[0].digest.trim_start_matches("sha256:");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(hex) && l.contains("request finished") && l.contains("307")),
+        "the node log shows the layer's redirect:\n{log}"
+    );
+}
