@@ -199,6 +199,8 @@ pub enum StorageType {
     Fs,
     /// Process memory (lost on exit; for tests).
     Memory,
+    /// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW).
+    S3,
 }
 
 /// Blob storage settings.
@@ -210,6 +212,30 @@ pub struct StorageConfig {
     pub kind: StorageType,
     /// Root directory for `fs`.
     pub root: PathBuf,
+    /// `s3`: the bucket's name.
+    pub bucket: String,
+    /// `s3`: the region requests are signed for (`us-east-1` suits most S3-compatible servers).
+    pub region: String,
+    /// `s3`: the endpoint URL the nodes use (unset: AWS S3's regional endpoint).
+    pub endpoint: Option<String>,
+    /// `s3`: path-style addressing (`<endpoint>/<bucket>/<key>`, for MinIO and Ceph RGW) instead of
+    /// virtual-hosted style (`<bucket>.<endpoint>/<key>`).
+    pub path_style: bool,
+    /// `s3`: a key prefix inside the bucket.
+    pub prefix: String,
+    /// `s3`: the endpoint URL clients reach S3 at, used only to sign download URLs (unset: `endpoint`).
+    pub public_endpoint: Option<String>,
+    /// `s3`: answer blob GETs with a 307 redirect to a presigned S3 URL (false: stream through the node).
+    pub redirect: bool,
+    /// `s3`: how long a presigned download URL stays valid.
+    pub presign_expiry_seconds: u64,
+    /// `s3`: the access key id (unset: the `AWS_ACCESS_KEY_ID` environment variable).
+    pub access_key_id: Option<String>,
+    /// `s3`: the secret access key; prefer `AERUGO_STORAGE__SECRET_ACCESS_KEY`, `secret_access_key_file`
+    /// or `AWS_SECRET_ACCESS_KEY` to writing it into the file.
+    pub secret_access_key: Option<Secret>,
+    /// `s3`: a file holding the secret access key (takes precedence over `secret_access_key`).
+    pub secret_access_key_file: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -217,7 +243,111 @@ impl Default for StorageConfig {
         Self {
             kind: StorageType::Fs,
             root: PathBuf::from("./aerugo-data/blobs"),
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            path_style: false,
+            prefix: String::new(),
+            public_endpoint: None,
+            redirect: true,
+            presign_expiry_seconds: 1200,
+            access_key_id: None,
+            secret_access_key: None,
+            secret_access_key_file: None,
         }
+    }
+}
+
+/// S3 credentials, resolved from the configuration or the `AWS_*` environment variables.
+#[derive(Clone, Debug)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: Secret,
+}
+
+impl StorageConfig {
+    /// The S3 credentials: `access_key_id` or `AWS_ACCESS_KEY_ID`; `secret_access_key_file`,
+    /// `secret_access_key` or `AWS_SECRET_ACCESS_KEY`.
+    pub fn s3_credentials(&self) -> Result<S3Credentials, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let access_key_id = self
+            .access_key_id
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or_else(|| env("AWS_ACCESS_KEY_ID"))
+            .ok_or(ConfigError::Invalid {
+                key: "storage.access_key_id",
+                message: "s3 storage needs credentials: set storage.access_key_id \
+                    (AERUGO_STORAGE__ACCESS_KEY_ID) or AWS_ACCESS_KEY_ID"
+                    .into(),
+            })?;
+        let secret = match &self.secret_access_key_file {
+            Some(path) => Some(Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "storage.secret_access_key_file",
+                        message: format!("cannot read {}: {e}", path.display()),
+                    })?
+                    .trim()
+                    .to_owned(),
+            )),
+            None => self
+                .secret_access_key
+                .clone()
+                .filter(|v| !v.expose().is_empty())
+                .or_else(|| env("AWS_SECRET_ACCESS_KEY").map(Secret::new)),
+        };
+        let secret_access_key = secret.ok_or(ConfigError::Invalid {
+            key: "storage.secret_access_key",
+            message: "s3 storage needs credentials: set AERUGO_STORAGE__SECRET_ACCESS_KEY, \
+                storage.secret_access_key_file or AWS_SECRET_ACCESS_KEY"
+                .into(),
+        })?;
+        Ok(S3Credentials {
+            access_key_id,
+            secret_access_key,
+        })
+    }
+
+    /// Checks the `s3` settings.
+    fn validate_s3(&self) -> Result<(), ConfigError> {
+        if self.bucket.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.bucket",
+                message: "s3 storage needs a bucket".into(),
+            });
+        }
+        if self.region.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.region",
+                message: "s3 storage needs a region (us-east-1 for most S3-compatible servers)"
+                    .into(),
+            });
+        }
+        for (key, url) in [
+            ("storage.endpoint", &self.endpoint),
+            ("storage.public_endpoint", &self.public_endpoint),
+        ] {
+            if let Some(url) = url
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must start with http:// or https://".into(),
+                });
+            }
+        }
+        // SigV4 presigned URLs live at most seven days.
+        if !(1..=604_800).contains(&self.presign_expiry_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "storage.presign_expiry_seconds",
+                message: "must be between 1 and 604800 (seven days)".into(),
+            });
+        }
+        self.s3_credentials().map(|_| ())
     }
 }
 
@@ -361,6 +491,9 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database_kind()?;
+        if self.storage.kind == StorageType::S3 {
+            self.storage.validate_s3()?;
+        }
         if self.limits.manifest_max_bytes < 4 * 1024 * 1024 {
             return Err(ConfigError::Invalid {
                 key: "limits.manifest_max_bytes",
@@ -509,6 +642,44 @@ mod tests {
             jail.set_env("AERUGO_STORAGE__TYPE", "floppy");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("storage.type"), "{err}");
+            jail.set_env("AERUGO_STORAGE__TYPE", "s3");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.bucket"), "{err}");
+            jail.set_env("AERUGO_STORAGE__BUCKET", "b");
+            jail.set_env("AERUGO_STORAGE__ENDPOINT", "minio:9000");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.endpoint"), "{err}");
+            jail.set_env("AERUGO_STORAGE__ENDPOINT", "http://minio:9000");
+            jail.set_env("AERUGO_STORAGE__PRESIGN_EXPIRY_SECONDS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.presign_expiry_seconds"), "{err}");
+            jail.set_env("AERUGO_STORAGE__PRESIGN_EXPIRY_SECONDS", "600");
+            jail.set_env("AWS_ACCESS_KEY_ID", "");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.access_key_id"), "{err}");
+            jail.set_env("AERUGO_STORAGE__ACCESS_KEY_ID", "AKIDEXAMPLE");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.secret_access_key"), "{err}");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "from-aws-env");
+            let c = Config::load(None).unwrap();
+            assert_eq!(
+                c.storage
+                    .s3_credentials()
+                    .unwrap()
+                    .secret_access_key
+                    .expose(),
+                "from-aws-env"
+            );
+            jail.set_env("AERUGO_STORAGE__SECRET_ACCESS_KEY", "s3cr3t-value");
+            let c = Config::load(None).unwrap();
+            let creds = c.storage.s3_credentials().unwrap();
+            assert_eq!(creds.access_key_id, "AKIDEXAMPLE");
+            assert_eq!(creds.secret_access_key.expose(), "s3cr3t-value");
+            assert!(c.storage.redirect);
+            assert_eq!(c.storage.presign_expiry_seconds, 600);
+            assert!(!c.to_redacted_toml().contains("s3cr3t-value"));
+            assert!(!format!("{c:?}").contains("s3cr3t-value"));
             jail.set_env("AERUGO_STORAGE__TYPE", "fs");
             jail.set_env("AERUGO_DATABASE__URL", "mysql://x");
             let err = Config::load(None).unwrap_err().to_string();

@@ -8,12 +8,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use aerugo_storage::{BlobStore, ObjectWriter, OpendalStore};
+use aerugo_storage::{BlobStore, ObjectWriter, OpendalStore, S3Options};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::config::{StorageConfig, StorageType};
+use crate::config::{ConfigError, StorageConfig, StorageType};
 
 /// A stream of blob bytes; I/O errors end it.
 pub type ByteStream = BoxStream<'static, std::result::Result<Bytes, std::io::Error>>;
@@ -32,6 +32,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The storage settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] aerugo_storage::Error),
@@ -44,6 +47,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn BlobStore>,
+    /// How long download URLs stay valid; `None` when downloads are served by the node.
+    redirect_expiry: Option<std::time::Duration>,
 }
 
 /// An object being written.
@@ -92,10 +97,38 @@ impl Storage {
                 OpendalStore::fs(&config.root)?
             }
             StorageType::Memory => OpendalStore::memory()?,
+            StorageType::S3 => {
+                let credentials = config.s3_credentials()?;
+                OpendalStore::s3(&S3Options {
+                    bucket: config.bucket.clone(),
+                    region: config.region.clone(),
+                    endpoint: config.endpoint.clone(),
+                    path_style: config.path_style,
+                    prefix: config.prefix.clone(),
+                    access_key_id: credentials.access_key_id,
+                    secret_access_key: credentials.secret_access_key.expose().to_owned(),
+                    public_endpoint: config.public_endpoint.clone(),
+                })?
+            }
         };
+        let redirect_expiry = (config.kind == StorageType::S3 && config.redirect)
+            .then(|| std::time::Duration::from_secs(config.presign_expiry_seconds));
         Ok(Self {
             store: store.shared(),
+            redirect_expiry,
         })
+    }
+
+    /// A URL from which a client may download `key` itself, when the backend presigns URLs and
+    /// redirects are on; `None` when the node should stream the object.
+    pub async fn download_url(&self, key: &str) -> Result<Option<String>> {
+        let Some(expiry) = self.redirect_expiry else {
+            return Ok(None);
+        };
+        let start = std::time::Instant::now();
+        let url = self.store.presign_read(key, expiry).await;
+        observe("presign_read", start, &url);
+        Ok(url?)
     }
 
     /// The directory holding an upload's objects.

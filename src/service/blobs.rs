@@ -28,6 +28,17 @@ impl Registry {
             .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
+    /// Where the client may download a blob directly (a presigned storage URL), after the same
+    /// repository-link check as [`Registry::read_blob`]; `None` when the node serves the bytes.
+    pub async fn blob_download_url(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>> {
+        let blob = self.stat_blob(repo, digest).await?;
+        Ok(self.storage.download_url(&blob.storage_key).await?)
+    }
+
     /// Streams a blob, or the byte range `range` (inclusive start, exclusive end) of it.
     pub async fn read_blob(
         &self,

@@ -15,5 +15,6 @@ mod mgmt;
 mod multinode;
 mod process;
 mod robustness;
+mod s3;
 mod support;
 mod uploads;

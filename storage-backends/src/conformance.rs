@@ -120,6 +120,29 @@ pub async fn run(store: &dyn BlobStore) {
     );
     assert!(store.list("conf/nothing/").await.unwrap().is_empty());
 
+    // An object larger than one write chunk (a multipart upload on S3), written in pieces.
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let mut w = store.writer("conf/c/big").await.unwrap();
+    for piece in big.chunks(1024 * 1024 + 7) {
+        w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    assert_eq!(w.finish().await.unwrap(), big.len() as u64);
+    assert_eq!(
+        store.size("conf/c/big").await.unwrap(),
+        Some(big.len() as u64)
+    );
+    assert!(
+        read_all(store, "conf/c/big", None).await == big,
+        "a multi-chunk object round-trips"
+    );
+    let tail = 9 * 1024 * 1024..(big.len() as u64);
+    assert!(
+        read_all(store, "conf/c/big", Some(tail.clone())).await
+            == big[tail.start as usize..].to_vec(),
+        "a range across part boundaries"
+    );
+    store.delete("conf/c/big").await.unwrap();
+
     // Deletes.
     store.delete("conf/a/object").await.unwrap();
     store.delete("conf/a/object").await.unwrap();

@@ -12,6 +12,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -82,12 +83,82 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Checks that the backend is reachable.
     async fn check(&self) -> Result<()>;
+    /// A URL that lets whoever holds it `GET` the object `key` (with or without a `Range` header)
+    /// for `expiry`, without any other credentials; `None` when the backend cannot presign
+    /// (fs, memory). The URL's signature covers the method, host, key and expiry only, so a client
+    /// may add its own unsigned `Range` header.
+    async fn presign_read(&self, key: &str, expiry: Duration) -> Result<Option<String>> {
+        let _ = (key, expiry);
+        Ok(None)
+    }
+}
+
+/// How to reach an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...).
+#[derive(Clone, Default)]
+pub struct S3Options {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The region requests are signed for (`us-east-1` for most S3-compatible servers).
+    pub region: String,
+    /// The endpoint URL the nodes use; `None` for AWS S3's regional endpoint.
+    pub endpoint: Option<String>,
+    /// Address buckets as `<endpoint>/<bucket>` (MinIO, Ceph RGW) instead of `<bucket>.<endpoint>`.
+    pub path_style: bool,
+    /// A key prefix inside the bucket, so several registries can share one bucket.
+    pub prefix: String,
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key; never printed by `Debug`.
+    pub secret_access_key: String,
+    /// An endpoint URL used only for presigned URLs, when clients reach S3 at another address than
+    /// the nodes do (a SigV4 signature binds the host).
+    pub public_endpoint: Option<String>,
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Options")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("path_style", &self.path_style)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[redacted]")
+            .field("public_endpoint", &self.public_endpoint)
+            .finish()
+    }
+}
+
+impl S3Options {
+    /// An OpenDAL operator for these options, talking to `endpoint`. Only what is given here is
+    /// used: OpenDAL's own loading of `~/.aws/config`, `AWS_*` variables and the EC2 metadata
+    /// service is off, so a node never signs with credentials its operator did not configure.
+    fn operator(&self, endpoint: Option<&str>) -> Result<Operator> {
+        let mut builder = services::S3::default()
+            .bucket(&self.bucket)
+            .region(&self.region)
+            .root(&format!("/{}", self.prefix.trim_matches('/')))
+            .access_key_id(&self.access_key_id)
+            .secret_access_key(&self.secret_access_key)
+            .disable_config_load()
+            .disable_ec2_metadata();
+        if let Some(endpoint) = endpoint {
+            builder = builder.endpoint(endpoint);
+        }
+        if !self.path_style {
+            builder = builder.enable_virtual_host_style();
+        }
+        Ok(Operator::new(builder)?.finish())
+    }
 }
 
 /// A [`BlobStore`] backed by an OpenDAL operator.
 #[derive(Clone)]
 pub struct OpendalStore {
     op: Operator,
+    /// The operator that signs presigned URLs (S3 only); it may name another endpoint than `op`.
+    presigner: Option<Operator>,
     kind: &'static str,
 }
 
@@ -113,6 +184,7 @@ impl OpendalStore {
             .atomic_write_dir(&tmp.to_string_lossy());
         Ok(Self {
             op: Operator::new(builder)?.finish(),
+            presigner: None,
             kind: "fs",
         })
     }
@@ -121,7 +193,23 @@ impl OpendalStore {
     pub fn memory() -> Result<Self> {
         Ok(Self {
             op: Operator::new(services::Memory::default())?.finish(),
+            presigner: None,
             kind: "memory",
+        })
+    }
+
+    /// A store in an S3-compatible bucket. Writes are streamed: objects larger than one write chunk
+    /// (8 MiB) go up as multipart uploads, one part in memory at a time.
+    pub fn s3(options: &S3Options) -> Result<Self> {
+        let op = options.operator(options.endpoint.as_deref())?;
+        let presigner = match &options.public_endpoint {
+            Some(public) => options.operator(Some(public))?,
+            None => op.clone(),
+        };
+        Ok(Self {
+            op,
+            presigner: Some(presigner),
+            kind: "s3",
         })
     }
 
@@ -232,6 +320,14 @@ impl BlobStore for OpendalStore {
         self.op.check().await?;
         Ok(())
     }
+
+    async fn presign_read(&self, key: &str, expiry: Duration) -> Result<Option<String>> {
+        let Some(presigner) = &self.presigner else {
+            return Ok(None);
+        };
+        let request = presigner.presign_read(key, expiry).await?;
+        Ok(Some(request.uri().to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -249,5 +345,117 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = OpendalStore::fs(dir.path()).unwrap().shared();
         conformance::run(store.as_ref()).await;
+    }
+
+    fn s3_options(server: &aerugo_testkit::s3::S3Server, prefix: &str) -> S3Options {
+        use aerugo_testkit::s3;
+        S3Options {
+            bucket: server.fresh_bucket().unwrap(),
+            region: s3::REGION.to_owned(),
+            endpoint: Some(server.endpoint()),
+            path_style: true,
+            prefix: prefix.to_owned(),
+            access_key_id: s3::ACCESS_KEY_ID.to_owned(),
+            secret_access_key: s3::SECRET_ACCESS_KEY.to_owned(),
+            public_endpoint: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn s3_store_passes_conformance() {
+        let server = aerugo_testkit::s3::S3Server::start().unwrap();
+        let store = OpendalStore::s3(&s3_options(&server, "")).unwrap().shared();
+        conformance::run(store.as_ref()).await;
+        // The same bucket under a prefix: keys stay inside it.
+        let store = OpendalStore::s3(&s3_options(&server, "some/prefix"))
+            .unwrap()
+            .shared();
+        conformance::run(store.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn s3_rejects_wrong_credentials() {
+        let server = aerugo_testkit::s3::S3Server::start().unwrap();
+        let mut options = s3_options(&server, "");
+        options.secret_access_key = "not-the-secret".to_owned();
+        let store = OpendalStore::s3(&options).unwrap();
+        assert!(store.check().await.is_err(), "the server checks signatures");
+        assert!(!format!("{options:?}").contains("not-the-secret"));
+    }
+
+    #[tokio::test]
+    async fn s3_presigned_reads_need_no_credentials_and_resist_tampering() {
+        let server = aerugo_testkit::s3::S3Server::start().unwrap();
+        let store = OpendalStore::s3(&s3_options(&server, "pre")).unwrap();
+        let mut w = store.writer("obj/one").await.unwrap();
+        w.write(Bytes::from_static(b"0123456789")).await.unwrap();
+        w.finish().await.unwrap();
+        let mut w = store.writer("obj/two").await.unwrap();
+        w.write(Bytes::from_static(b"other")).await.unwrap();
+        w.finish().await.unwrap();
+
+        let url = store
+            .presign_read("obj/one", Duration::from_secs(600))
+            .await
+            .unwrap()
+            .expect("s3 presigns");
+        let http = reqwest::Client::new();
+        let resp = http.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), b"0123456789");
+        // The client's own Range header is not part of the signature.
+        let resp = http
+            .get(&url)
+            .header("Range", "bytes=2-4")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 206);
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), b"234");
+        // Another key under the same signature, or a changed signature, is refused.
+        let other = url.replace("obj/one", "obj/two");
+        assert_ne!(other, url);
+        assert_eq!(http.get(&other).send().await.unwrap().status(), 403);
+        let (head, sig) = url.split_once("X-Amz-Signature=").unwrap();
+        let flipped: String = sig
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    if c == '0' { '1' } else { '0' }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let tampered = format!("{head}X-Amz-Signature={flipped}");
+        assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
+        // A presigned GET does not allow HEAD (the method is signed).
+        assert_eq!(http.head(&url).send().await.unwrap().status(), 403);
+
+        // A public endpoint signs for the host clients use.
+        let mut options = s3_options(&server, "pre");
+        options.public_endpoint = Some(format!("http://localhost:{}", server.addr().port()));
+        let public = OpendalStore::s3(&options).unwrap();
+        let url = public
+            .presign_read("obj/one", Duration::from_secs(600))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(url.starts_with(&format!("http://localhost:{}/", server.addr().port())));
+        assert_eq!(
+            http.get(&url).send().await.unwrap().status(),
+            404,
+            "fresh bucket has no such key"
+        );
+
+        assert_eq!(
+            OpendalStore::memory()
+                .unwrap()
+                .presign_read("x", Duration::from_secs(1))
+                .await
+                .unwrap(),
+            None
+        );
     }
 }

@@ -11,6 +11,7 @@
 //!   pulling content and for inspecting raw responses.
 //! - [`clients`] runs real container clients (`skopeo`, `podman`, `docker`,
 //!   `ctr`, `aerugo-oras`) with timeouts and starts their private daemons.
+//! - [`s3`] runs a real S3 server (`s3s-fs`, checking SigV4) on a loopback port.
 
 pub mod bench;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod clients;
 pub mod image;
 pub mod node;
 pub mod postgres;
+pub mod s3;
 
 pub use client::RegistryClient;
 pub use image::{Blob, Image};

@@ -64,6 +64,24 @@ pub(super) async fn get_blob(
         )
             .into_response());
     }
+    // Redirected downloads: the client sends its `Range` header (if any) to the storage URL, whose
+    // signature does not cover it. The URL carries its own signature, so no registry credential is
+    // needed or wanted there.
+    if let Some(url) = reg.blob_download_url(repo, &digest).await? {
+        return Ok((
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, hv(url)),
+                (header::CACHE_CONTROL, hv("no-store")),
+                (
+                    header::HeaderName::from_static("docker-content-digest"),
+                    hv(digest.as_str()),
+                ),
+                (header::CONTENT_LENGTH, hv("0")),
+            ],
+        )
+            .into_response());
+    }
     let range = match parse_range(headers) {
         Ok(r) => r,
         Err(()) => {
