@@ -1,5 +1,5 @@
-//! Stateless nodes: three `aerugo` processes sharing one PostgreSQL database and one blob store
-//! behave as one registry. Each request of a flow goes to another node (the chunks of one upload
+//! Stateless nodes: three `aerugo` processes sharing one PostgreSQL database and one S3 bucket
+//! (the testkit's SigV4-checking S3 server) behave as one registry. Each request of a flow goes to another node (the chunks of one upload
 //! included), a node killed in the middle of an upload leaves the session to the others, tokens
 //! minted by one node are honoured by all, and real clients push through one node and pull
 //! through another.
@@ -9,6 +9,7 @@
 
 use aerugo_testkit::clients::{self, ClientConfig};
 use aerugo_testkit::postgres::TestDatabase;
+use aerugo_testkit::s3::S3Server;
 use aerugo_testkit::{Blob, Image, Node, NodeOptions, RegistryClient, image};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
@@ -16,11 +17,12 @@ use serde_json::Value;
 
 use crate::support::{ADMIN_PASSWORD, BIN, blob};
 
-/// Three nodes on one database and one blob store.
+/// Nodes on one database and one S3 bucket.
 struct Cluster {
     nodes: Vec<Node>,
     /// Dropped after the nodes (declared after them).
     _db: TestDatabase,
+    s3: S3Server,
     _shared: tempfile::TempDir,
 }
 
@@ -31,28 +33,34 @@ impl Cluster {
         let db = TestDatabase::create()
             .await
             .expect("a PostgreSQL database for the cluster (see the message above)");
+        let s3 = S3Server::start().expect("the testkit's S3 server starts");
+        let bucket = s3.fresh_bucket().unwrap();
         let shared = tempfile::tempdir().unwrap();
-        let blobs = shared.path().join("blobs");
         let key = shared.path().join("token-key.pem");
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
-            let opts = NodeOptions::new(BIN)
+            let mut opts = NodeOptions::new(BIN)
                 .with_env("AERUGO_AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD)
                 .with_env("AERUGO_DATABASE__URL", db.url())
-                .with_env("AERUGO_STORAGE__ROOT", blobs.to_string_lossy())
                 .with_env("AERUGO_AUTH__SIGNING_KEY_FILE", key.to_string_lossy());
+            for (k, v) in s3.node_env(&bucket) {
+                opts = opts.with_env(k, v);
+            }
             nodes.push(Node::spawn(opts).await.expect("aerugo node starts"));
         }
         Cluster {
             nodes,
             _db: db,
+            s3,
             _shared: shared,
         }
     }
 
-    /// The site admin's client on node `i`.
+    /// The site admin's client on node `i`; it follows blob redirects to S3 as real clients do
+    /// (reqwest drops the Authorization header when the redirect leaves the node's host).
     fn admin(&self, i: usize) -> RegistryClient {
-        self.nodes[i].client().with_basic("admin", ADMIN_PASSWORD)
+        RegistryClient::with_http_client(self.nodes[i].url(), reqwest::Client::new())
+            .with_basic("admin", ADMIN_PASSWORD)
     }
 }
 
@@ -144,7 +152,25 @@ async fn three_nodes_behave_as_one_registry() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED, "manifest push on node 1");
 
-    // Pulled through node 1 (a blob GET may redirect to the blob store; the client follows it).
+    // Pulled through node 1: blob GETs redirect to a presigned S3 URL, which the client follows.
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let layer = &img.content_blobs()[1];
+    let res = no_redirect
+        .get(format!(
+            "{}/v2/multi/app/blobs/{}",
+            cluster.nodes[1].url(),
+            layer.digest
+        ))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TEMPORARY_REDIRECT);
+    let target = res.headers()[LOCATION].to_str().unwrap();
+    assert!(target.starts_with(&cluster.s3.endpoint()), "{target}");
     let puller = cluster.admin(1);
     let res = puller
         .get_manifest("multi/app", "v1", &[image::OCI_MANIFEST])
@@ -233,7 +259,28 @@ async fn an_upload_outlives_the_node_that_started_it() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let path = location_path(&res);
+
+    // The rest starts streaming to node 0, which dies in the middle of that request.
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let request = cluster
+        .admin(0)
+        .request(Method::PATCH, &path)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(CONTENT_RANGE, format!("{half}-{}", b.data.len() - 1))
+        .header(CONTENT_LENGTH, b.data.len() - half)
+        .body(reqwest::Body::wrap_stream(rx));
+    let in_flight = tokio::spawn(request.send());
+    let mut tx = tx;
+    futures::SinkExt::send(&mut tx, Ok(b.data.slice(half..half + 1024 * 1024)))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     cluster.nodes[0].kill_hard().await.unwrap();
+    drop(tx);
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the request to the killed node cannot have succeeded"
+    );
 
     // Another node reports the offset the dead one accepted and takes the rest.
     let res = cluster
