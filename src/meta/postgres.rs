@@ -127,6 +127,17 @@ fn is_retryable(e: &PgError) -> bool {
         || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
 }
 
+/// The `reason` label of a retry: what made the attempt fail.
+fn retry_reason(e: &PgError) -> &'static str {
+    if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
+        "serialization_failure"
+    } else if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) {
+        "deadlock"
+    } else {
+        "connection_lost"
+    }
+}
+
 /// Whether `e` means the database (or the way to it) is gone, rather than a bad statement.
 fn is_connection_error(e: &PgError) -> bool {
     if let Some(db) = e.as_db_error() {
@@ -296,6 +307,22 @@ impl PostgresStore {
         self.inner.retries.load(Ordering::Relaxed)
     }
 
+    /// Publishes the pool's gauges: connections open, idle and free to hand out, tasks waiting
+    /// for one, and the configured maximum.
+    pub fn record_pool_gauges(&self) {
+        let status = self.inner.pool.status();
+        let gauge = |name: &'static str, v: f64| {
+            metrics::gauge!(name, "backend" => "postgres").set(v);
+        };
+        #[expect(clippy::cast_precision_loss, reason = "pool sizes are small")]
+        {
+            gauge("aerugo_db_pool_max_size", status.max_size as f64);
+            gauge("aerugo_db_pool_size", status.size as f64);
+            gauge("aerugo_db_pool_available", status.available as f64);
+            gauge("aerugo_db_pool_waiting", status.waiting as f64);
+        }
+    }
+
     /// Runs `body` in a transaction of `mode`, committing when it succeeds, and re-runs it from
     /// scratch on 40001/40P01 with jittered exponential backoff (the one retry helper every query
     /// goes through). The body gets the caller's data as `ctx` rather than capturing it, because a
@@ -306,15 +333,36 @@ impl PostgresStore {
         F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
     {
         let mut attempt = 0;
+        let kind = match mode {
+            Mode::Write => "write",
+            Mode::Read => "read",
+        };
+        let finished = |outcome: &'static str| {
+            metrics::counter!(
+                "aerugo_db_transactions_total",
+                "backend" => "postgres", "mode" => kind, "outcome" => outcome
+            )
+            .increment(1);
+        };
         loop {
             attempt += 1;
             let failure = match self.attempt(mode, &ctx, &body).await {
-                Ok(out) => return Ok(out),
+                Ok(out) => {
+                    finished("committed");
+                    return Ok(out);
+                }
                 Err(failure) => failure,
             };
             match failure {
-                Failure::Fail(e) => return Err(e),
+                Failure::Fail(e) => {
+                    finished(match e {
+                        Error::Unavailable(_) => "unavailable",
+                        _ => "failed",
+                    });
+                    return Err(e);
+                }
                 Failure::Retry(e) if attempt >= self.inner.max_attempts => {
+                    finished("gave_up");
                     tracing::warn!(
                         db.op = op,
                         db.attempts = attempt,
@@ -329,6 +377,11 @@ impl PostgresStore {
                 }
                 Failure::Retry(e) => {
                     let total = self.inner.retries.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::counter!(
+                        "aerugo_db_transaction_retries_total",
+                        "backend" => "postgres", "reason" => retry_reason(&e)
+                    )
+                    .increment(1);
                     let delay = backoff(attempt);
                     tracing::debug!(
                         db.op = op,
@@ -850,6 +903,10 @@ impl MetaStore for PostgresStore {
             })
         })
         .await
+    }
+
+    fn record_gauges(&self) {
+        self.record_pool_gauges();
     }
 
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
