@@ -9,6 +9,7 @@
 mod auth;
 mod blobs;
 mod clients;
+mod faults;
 mod listing;
 mod manifests;
 mod mgmt;
