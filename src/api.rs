@@ -285,8 +285,10 @@ async fn log_errors(req: Request, next: Next) -> Response {
         .unwrap_or("")
         .to_owned();
     let is_mgmt = req.uri().path().starts_with("/api/");
+    // Readiness explains itself (and is logged by its handler); its body stays as it is.
+    let is_probe = req.uri().path() == "/readyz";
     let mut res = next.run(req).await;
-    if res.status().is_server_error() {
+    if res.status().is_server_error() && !is_probe {
         let cause = res
             .extensions_mut()
             .remove::<InternalCause>()

@@ -121,6 +121,8 @@ async fn database_lost_while_serving_then_recovered() {
         .await
         .expect("readyz answers");
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable", "{body}");
 
     cluster.start().await.unwrap();
     node.wait_until_ready(Duration::from_secs(90))
@@ -130,7 +132,7 @@ async fn database_lost_while_serving_then_recovered() {
     push_and_pull(&node, 3).await;
     let log = node.log();
     assert!(
-        log.contains("request failed") && log.contains("metadata store unavailable"),
+        log.contains("request failed") && log.contains("cannot connect to the database"),
         "the log says what happened: {log}"
     );
 }
