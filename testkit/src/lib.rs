@@ -11,12 +11,14 @@
 //!   pulling content and for inspecting raw responses.
 //! - [`clients`] runs real container clients (`skopeo`, `podman`, `docker`,
 //!   `ctr`, `aerugo-oras`) with timeouts and starts their private daemons.
+//! - [`multinode`] starts several nodes sharing a database and a blob store.
 //! - [`pgcluster`] creates a private PostgreSQL cluster a test may stop and start.
 
 pub mod bench;
 pub mod client;
 pub mod clients;
 pub mod image;
+pub mod multinode;
 pub mod node;
 pub mod pgcluster;
 pub mod postgres;
