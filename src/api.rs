@@ -4,8 +4,8 @@
 //! answer; no SQL, storage or cache calls happen here. Only this module (and `app`) imports axum
 //! and tower-http.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +15,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use tower::ServiceExt as _;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -63,6 +64,112 @@ impl std::fmt::Debug for ApiState {
 /// The route a response answered, for metrics labels (set by handlers, read by middleware).
 #[derive(Clone, Copy, Debug)]
 pub struct RouteLabel(pub &'static str);
+
+/// The application while the node starts: bound and answering before the metadata store is
+/// connected and migrated, so load balancers and clients get an answer instead of a refused
+/// connection or a hang. Until [`Startup::finish`] installs the real application, `/healthz`
+/// answers 200, `/readyz` 503 with a JSON reason, `/metrics` renders, and every other request 503
+/// `UNAVAILABLE` (the OCI envelope, or the management API's under `/api/`). Afterwards every
+/// request goes to the real application.
+pub struct Startup {
+    app: OnceLock<Router>,
+    reason: Mutex<String>,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup")
+            .field("started", &self.app.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Startup {
+    /// A node that is starting; `metrics` renders `/metrics` meanwhile.
+    pub fn new(metrics: Arc<dyn Fn() -> String + Send + Sync>) -> Arc<Self> {
+        Arc::new(Self {
+            app: OnceLock::new(),
+            reason: Mutex::new("starting".into()),
+            metrics,
+        })
+    }
+
+    /// Records why the node is not ready yet (shown by `/readyz`; never contains secrets).
+    pub fn set_reason(&self, reason: impl Into<String>) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason.into();
+        }
+    }
+
+    /// Installs the real application; from now on every request goes to it.
+    pub fn finish(&self, state: ApiState) {
+        let _ = self.app.set(router(state));
+    }
+
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|_| "starting".into())
+    }
+}
+
+/// The application a node serves from the moment it binds: see [`Startup`].
+pub fn starting_router(startup: Arc<Startup>) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let startup = startup.clone();
+        async move {
+            match startup.app.get() {
+                Some(app) => match app.clone().oneshot(req).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                },
+                None => while_starting(&startup, &req),
+            }
+        }
+    })
+}
+
+/// The answer to `req` before the real application is installed.
+fn while_starting(startup: &Startup, req: &Request) -> Response {
+    let path = req.uri().path();
+    let reason = startup.reason();
+    let mut res = match path {
+        "/healthz" => return (StatusCode::OK, "ok").into_response(),
+        "/metrics" => return metrics_response((startup.metrics)()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "starting", "reason": reason }).to_string(),
+        )
+            .into_response(),
+        p if p.starts_with("/api/") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            mgmt::error::error_body("unavailable", &format!("the node is starting: {reason}")),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body(
+                "UNAVAILABLE",
+                &format!("the node is starting: {reason}"),
+                None,
+            ),
+        )
+            .into_response(),
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    res
+}
 
 /// Builds the whole HTTP application.
 pub fn router(state: ApiState) -> Router {
@@ -154,12 +261,17 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 
 /// Prometheus metrics of this node.
 async fn metrics(State(state): State<ApiState>) -> Response {
+    state.registry.record_gauges();
+    metrics_response((state.metrics)())
+}
+
+fn metrics_response(text: String) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        (state.metrics)(),
+        text,
     )
         .into_response()
 }
@@ -173,8 +285,10 @@ async fn log_errors(req: Request, next: Next) -> Response {
         .unwrap_or("")
         .to_owned();
     let is_mgmt = req.uri().path().starts_with("/api/");
+    // Readiness explains itself (and is logged by its handler); its body stays as it is.
+    let is_probe = req.uri().path() == "/readyz";
     let mut res = next.run(req).await;
-    if res.status().is_server_error() {
+    if res.status().is_server_error() && !is_probe {
         let cause = res
             .extensions_mut()
             .remove::<InternalCause>()
@@ -235,14 +349,31 @@ async fn healthz() -> &'static str {
 
 /// Readiness: started, not shutting down, and the metadata store and storage answer.
 async fn readyz(State(state): State<ApiState>) -> Response {
+    let json = |status: StatusCode, body: serde_json::Value| {
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body.to_string(),
+        )
+            .into_response()
+    };
     if !state.ready.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down or starting").into_response();
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "unavailable", "reason": "shutting down or starting" }),
+        );
     }
     match state.registry.ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "ready" })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "dependencies unavailable").into_response()
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "status": "unavailable", "reason": "dependencies unavailable" }),
+            )
         }
     }
 }

@@ -27,6 +27,14 @@ pub struct Stores {
 
 /// Opens the metadata store `database.url` names, applying migrations.
 pub async fn open_meta(config: &Config) -> anyhow::Result<Stores> {
+    open_meta_reporting(config, &|_| {}).await
+}
+
+/// [`open_meta`], telling `waiting` why the store is not open yet each time it waits.
+async fn open_meta_reporting(
+    config: &Config,
+    waiting: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Stores> {
     match config.database_kind()? {
         DatabaseKind::Sqlite(path) => {
             let store = SqliteStore::open(&path)
@@ -38,7 +46,7 @@ pub async fn open_meta(config: &Config) -> anyhow::Result<Stores> {
             })
         }
         DatabaseKind::Postgres => {
-            let store = open_postgres(config).await?;
+            let store = open_postgres(config, waiting).await?;
             Ok(Stores {
                 meta: Arc::new(store.clone()),
                 identity: Arc::new(store),
@@ -53,7 +61,10 @@ const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
 /// Opens the PostgreSQL/CockroachDB store and applies migrations. While the database cannot be
 /// reached it waits and tries again (1 s, doubling up to 30 s, one log line per attempt), so a node
 /// started before its database does not crash-loop; a bad URL or a failing migration stops startup.
-pub async fn open_postgres(config: &Config) -> anyhow::Result<PostgresStore> {
+pub async fn open_postgres(
+    config: &Config,
+    waiting: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<PostgresStore> {
     let target = redact_url(&config.database.url);
     let mut delay = Duration::from_secs(1);
     let mut attempt: u32 = 0;
@@ -73,6 +84,10 @@ pub async fn open_postgres(config: &Config) -> anyhow::Result<PostgresStore> {
                     "metadata database unavailable at startup; retrying in {} s",
                     delay.as_secs()
                 );
+                waiting(format!(
+                    "metadata database unavailable (attempt {attempt}, next in {} s): {reason}",
+                    delay.as_secs()
+                ));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_CONNECT_BACKOFF);
             }
@@ -138,9 +153,12 @@ fn admin_password(config: &Config) -> anyhow::Result<Option<String>> {
         .map(|s| s.expose().to_owned()))
 }
 
-/// Builds the registry from the configuration.
-pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
-    let stores = open_meta(config).await?;
+/// Builds the registry from the configuration; `waiting` hears why it is not built yet.
+pub async fn build_registry(
+    config: &Config,
+    waiting: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Registry> {
+    let stores = open_meta_reporting(config, waiting).await?;
     let storage = Storage::from_config(&config.storage).context("opening blob storage")?;
     let tokens = TokenSettings {
         keys: Arc::new(load_keys(config)?),
@@ -173,41 +191,62 @@ pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
 }
 
 /// Runs the server until SIGTERM or SIGINT.
+///
+/// The listener binds first and answers at once (`/healthz` 200, `/readyz` 503 with the reason,
+/// everything else 503 `UNAVAILABLE`) while the metadata store is connected and migrated, which
+/// with PostgreSQL/CockroachDB may take long when the database is not up yet; then the real
+/// application is installed and readiness turns true, without a restart.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let registry = build_registry(&config).await?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let state = ApiState {
-        registry,
-        ready: ready.clone(),
-        request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
-        body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_seconds),
-        public_url: config.server.public_url.clone(),
-        metrics: crate::telemetry::metrics(),
-    };
-    let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.server.listen_address)
         .await
         .with_context(|| format!("binding {}", config.server.listen_address))?;
     let addr = listener.local_addr()?;
-    tracing::info!(listen_address = %addr, storage = ?config.storage.kind, "aerugo serving");
-    ready.store(true, Ordering::Release);
-    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics = crate::telemetry::metrics();
+    let startup = api::Startup::new(metrics.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let signal_ready = ready.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         shutdown_signal().await;
         signal_ready.store(false, Ordering::Release);
         tracing::info!("shutdown requested: draining in-flight requests");
-        let _ = tx.send(());
-    };
+        let _ = stop_tx.send(true);
+    });
+    let mut server_stop = stop_rx.clone();
     let server = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        api::starting_router(startup.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown);
+    .with_graceful_shutdown(async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    });
     let server = tokio::spawn(async move { server.await });
+    tracing::info!(listen_address = %addr, "aerugo listening; opening the metadata store");
+
+    let reporter = startup.clone();
+    let waiting = move |reason: String| reporter.set_reason(reason);
+    let registry = tokio::select! {
+        built = build_registry(&config, &waiting) => Some(built?),
+        _ = stop_rx.wait_for(|stop| *stop) => None,
+    };
+    if let Some(registry) = registry {
+        startup.finish(ApiState {
+            registry,
+            ready: ready.clone(),
+            request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
+            body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_seconds),
+            public_url: config.server.public_url.clone(),
+            metrics,
+        });
+        if !*stop_rx.borrow() {
+            ready.store(true, Ordering::Release);
+            tracing::info!(listen_address = %addr, storage = ?config.storage.kind, "aerugo serving");
+        }
+    }
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    let _ = stop_rx.wait_for(|stop| *stop).await;
     // After the signal, in-flight requests get `grace` to finish; then the process exits anyway.
-    let _ = rx.await;
     match tokio::time::timeout(grace, server).await {
         Ok(joined) => joined.context("server task")?.context("server")?,
         Err(_) => tracing::warn!(

@@ -172,6 +172,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
 
+    /// Publishes the store's gauges (connection pool) to the metrics recorder; called before
+    /// every metrics scrape. Stores without a pool publish nothing.
+    fn record_gauges(&self) {}
+
     /// Whether the repository exists.
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
     /// Repository names after `after` in lexical order, at most `limit`.

@@ -204,6 +204,11 @@ impl Registry {
         &self.settings
     }
 
+    /// Publishes point-in-time gauges (database pool) before a metrics scrape.
+    pub fn record_gauges(&self) {
+        self.meta.record_gauges();
+    }
+
     /// Checks that the metadata store and blob storage answer.
     pub async fn ready(&self) -> Result<()> {
         self.meta.ping().await?;

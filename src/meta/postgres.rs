@@ -22,6 +22,7 @@
 //! Must not depend on `service`, `storage` or `api`.
 
 mod identity;
+mod tls;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,7 @@ use futures::future::BoxFuture;
 use rand::Rng as _;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::migrate::{Migration, POSTGRES};
 use super::{
@@ -125,6 +126,17 @@ enum Stage {
 fn is_retryable(e: &PgError) -> bool {
     e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
         || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// The `reason` label of a retry: what made the attempt fail.
+fn retry_reason(e: &PgError) -> &'static str {
+    if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
+        "serialization_failure"
+    } else if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) {
+        "deadlock"
+    } else {
+        "connection_lost"
+    }
 }
 
 /// Whether `e` means the database (or the way to it) is gone, rather than a bad statement.
@@ -245,9 +257,15 @@ impl PostgresStore {
     /// Builds the pool without connecting or migrating.
     fn connect(config: &DatabaseConfig) -> Result<Self> {
         let target = redact_url(&config.url);
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
+        let tls = tls::TlsSettings::from_url(&config.url)
+            .map_err(|e| Error::Database(format!("database.url {target}: {e}").into()))?;
+        let mut pg: tokio_postgres::Config = tls.url.parse().map_err(|e| {
             Error::Database(format!("database.url {target} is not a PostgreSQL URL: {e}").into())
         })?;
+        pg.ssl_mode(tls.driver_mode());
+        let connector = tls
+            .connector()
+            .map_err(|e| Error::Database(format!("database.url {target}: {e}").into()))?;
         let timeout = Duration::from_secs(config.connect_timeout_seconds.max(1));
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(timeout);
@@ -264,7 +282,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            connector,
             ManagerConfig {
                 // Checking `is_closed` on checkout is free; a connection that died while idle
                 // is caught at BEGIN and retried on a fresh one (see `attempt`).
@@ -296,6 +314,22 @@ impl PostgresStore {
         self.inner.retries.load(Ordering::Relaxed)
     }
 
+    /// Publishes the pool's gauges: connections open, idle and free to hand out, tasks waiting
+    /// for one, and the configured maximum.
+    pub fn record_pool_gauges(&self) {
+        let status = self.inner.pool.status();
+        let gauge = |name: &'static str, v: f64| {
+            metrics::gauge!(name, "backend" => "postgres").set(v);
+        };
+        #[expect(clippy::cast_precision_loss, reason = "pool sizes are small")]
+        {
+            gauge("aerugo_db_pool_max_size", status.max_size as f64);
+            gauge("aerugo_db_pool_size", status.size as f64);
+            gauge("aerugo_db_pool_available", status.available as f64);
+            gauge("aerugo_db_pool_waiting", status.waiting as f64);
+        }
+    }
+
     /// Runs `body` in a transaction of `mode`, committing when it succeeds, and re-runs it from
     /// scratch on 40001/40P01 with jittered exponential backoff (the one retry helper every query
     /// goes through). The body gets the caller's data as `ctx` rather than capturing it, because a
@@ -306,15 +340,36 @@ impl PostgresStore {
         F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
     {
         let mut attempt = 0;
+        let kind = match mode {
+            Mode::Write => "write",
+            Mode::Read => "read",
+        };
+        let finished = |outcome: &'static str| {
+            metrics::counter!(
+                "aerugo_db_transactions_total",
+                "backend" => "postgres", "mode" => kind, "outcome" => outcome
+            )
+            .increment(1);
+        };
         loop {
             attempt += 1;
             let failure = match self.attempt(mode, &ctx, &body).await {
-                Ok(out) => return Ok(out),
+                Ok(out) => {
+                    finished("committed");
+                    return Ok(out);
+                }
                 Err(failure) => failure,
             };
             match failure {
-                Failure::Fail(e) => return Err(e),
+                Failure::Fail(e) => {
+                    finished(match e {
+                        Error::Unavailable(_) => "unavailable",
+                        _ => "failed",
+                    });
+                    return Err(e);
+                }
                 Failure::Retry(e) if attempt >= self.inner.max_attempts => {
+                    finished("gave_up");
                     tracing::warn!(
                         db.op = op,
                         db.attempts = attempt,
@@ -329,6 +384,11 @@ impl PostgresStore {
                 }
                 Failure::Retry(e) => {
                     let total = self.inner.retries.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::counter!(
+                        "aerugo_db_transaction_retries_total",
+                        "backend" => "postgres", "reason" => retry_reason(&e)
+                    )
+                    .increment(1);
                     let delay = backoff(attempt);
                     tracing::debug!(
                         db.op = op,
@@ -850,6 +910,10 @@ impl MetaStore for PostgresStore {
             })
         })
         .await
+    }
+
+    fn record_gauges(&self) {
+        self.record_pool_gauges();
     }
 
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
@@ -1647,5 +1711,92 @@ mod tests {
         assert_eq!(recorded, i64::try_from(POSTGRES.len()).unwrap());
         drop((raw, store));
         db.drop_now().await.unwrap();
+    }
+
+    /// A CA that signed nothing the test server uses.
+    const OTHER_CA: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBezCCASOgAwIBAgIUVNOmVZZPyp7KZJ6p78bjOVSatIwwCgYIKoZIzj0EAwIw\n\
+EzERMA8GA1UEAwwIb3RoZXItY2EwIBcNMjYxMTI4MDM1NjIwWhgPMjEyNjExMDQw\n\
+MzU2MjBaMBMxETAPBgNVBAMMCG90aGVyLWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0D\n\
+AQcDQgAEIh8qrE+ftOuGYe69AaVBRQYB9HN20poT/FkcGsPOEUbcz28171SA1R5b\n\
+r35qsQgGbBhvLt3ykgUX+vD1D5PdAqNTMFEwHQYDVR0OBBYEFCGpBsSBfYrFyQE8\n\
+Y57IYrLHumzlMB8GA1UdIwQYMBaAFCGpBsSBfYrFyQE8Y57IYrLHumzlMA8GA1Ud\n\
+EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRgAwQwIgI/I6bUeqQponSmX3VN402ALu\n\
+hkSP6afX7a/PBJ0F7R0CHxepjS1hhSUuQcUm58Av/XENtnQ5YSkpMR78fTY4P+c=\n\
+-----END CERTIFICATE-----\n\
+";
+
+    /// The local server's certificate (Debian's snakeoil: `CN=localhost`, self-signed).
+    const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+    /// Whether a connection made with `params` (appended to the test server's URL) runs over
+    /// TLS, as the server sees it.
+    async fn uses_tls(params: &str) -> Result<bool> {
+        let base = aerugo_testkit::postgres::admin_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let store = PostgresStore::connect(&pg_config(&format!("{base}{sep}{params}")))?;
+        let client = store.inner.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get::<_, bool>(0))
+    }
+
+    #[tokio::test]
+    async fn sslmode_decides_tls_and_verification() {
+        assert!(
+            std::path::Path::new(SNAKEOIL).exists(),
+            "this test needs the local PostgreSQL with ssl=on and Debian's snakeoil certificate \
+             ({SNAKEOIL}); see .ci/run"
+        );
+        assert!(
+            !uses_tls("sslmode=disable").await.unwrap(),
+            "disable: plain"
+        );
+        assert!(uses_tls("sslmode=require").await.unwrap(), "require: TLS");
+        assert!(
+            uses_tls("sslmode=prefer").await.unwrap(),
+            "prefer: TLS when offered"
+        );
+        // The snakeoil certificate is its own root and names `localhost`, not 127.0.0.1: the
+        // chain verifies, the host name does not.
+        let root = format!("sslrootcert={SNAKEOIL}");
+        assert!(
+            uses_tls(&format!("sslmode=verify-ca&{root}"))
+                .await
+                .unwrap(),
+            "verify-ca: chain only"
+        );
+        let err = uses_tls(&format!("sslmode=verify-full&{root}"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("certificate not valid for name \"127.0.0.1\""),
+            "verify-full must refuse a certificate for another name: {err}"
+        );
+        // A root that did not sign the server's certificate fails verify-ca too.
+        let other = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(other.path(), OTHER_CA).unwrap();
+        let err = uses_tls(&format!(
+            "sslmode=verify-ca&sslrootcert={}",
+            other.path().display()
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("invalid peer certificate") && !err.contains("not valid for name"),
+            "unknown issuer: {err}"
+        );
+        let err = uses_tls("sslmode=verify-full&sslrootcert=/nonexistent.pem")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sslrootcert=/nonexistent.pem"), "{err}");
     }
 }

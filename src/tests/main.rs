@@ -9,6 +9,8 @@
 mod auth;
 mod blobs;
 mod clients;
+mod contention;
+mod faults;
 mod listing;
 mod manifests;
 mod mgmt;

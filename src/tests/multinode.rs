@@ -8,6 +8,7 @@
 //! makes nodes stateless.
 
 use aerugo_testkit::clients::{self, ClientConfig};
+use aerugo_testkit::multinode::{NodeSet, SharedStorage};
 use aerugo_testkit::postgres::TestDatabase;
 use aerugo_testkit::s3::S3Server;
 use aerugo_testkit::{Blob, Image, Node, NodeOptions, RegistryClient, image};
@@ -21,38 +22,30 @@ use crate::support::{ADMIN_PASSWORD, BIN, blob};
 struct Cluster {
     nodes: Vec<Node>,
     /// Dropped after the nodes (declared after them).
+    _set_dir: NodeSet,
     _db: TestDatabase,
     s3: S3Server,
-    _shared: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts `n` nodes one after the other (the first creates the admin and the signing key,
-    /// which the others then find in the database and the shared directory).
+    /// Starts `n` nodes (one after the other, see [`NodeSet`]) on a fresh database and bucket.
     async fn start(n: usize) -> Cluster {
         let db = TestDatabase::create()
             .await
             .expect("a PostgreSQL database for the cluster (see the message above)");
         let s3 = S3Server::start().expect("the testkit's S3 server starts");
         let bucket = s3.fresh_bucket().unwrap();
-        let shared = tempfile::tempdir().unwrap();
-        let key = shared.path().join("token-key.pem");
-        let mut nodes = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut opts = NodeOptions::new(BIN)
-                .with_env("AERUGO_AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD)
-                .with_env("AERUGO_DATABASE__URL", db.url())
-                .with_env("AERUGO_AUTH__SIGNING_KEY_FILE", key.to_string_lossy());
-            for (k, v) in s3.node_env(&bucket) {
-                opts = opts.with_env(k, v);
-            }
-            nodes.push(Node::spawn(opts).await.expect("aerugo node starts"));
-        }
+        let base = NodeOptions::new(BIN).with_env("AERUGO_AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD);
+        let storage = SharedStorage::Env(s3.node_env(&bucket));
+        let mut set = NodeSet::spawn(n, &base, db.url(), Some(storage))
+            .await
+            .expect("the nodes start");
+        let nodes = std::mem::take(&mut set.nodes);
         Cluster {
             nodes,
+            _set_dir: set,
             _db: db,
             s3,
-            _shared: shared,
         }
     }
 

@@ -12,12 +12,16 @@
 //! - [`clients`] runs real container clients (`skopeo`, `podman`, `docker`,
 //!   `ctr`, `aerugo-oras`) with timeouts and starts their private daemons.
 //! - [`s3`] runs a real S3 server (`s3s-fs`, checking SigV4) on a loopback port.
+//! - [`multinode`] starts several nodes sharing a database and a blob store.
+//! - [`pgcluster`] creates a private PostgreSQL cluster a test may stop and start.
 
 pub mod bench;
 pub mod client;
 pub mod clients;
 pub mod image;
+pub mod multinode;
 pub mod node;
+pub mod pgcluster;
 pub mod postgres;
 pub mod s3;
 

@@ -56,6 +56,9 @@ pub struct NodeOptions {
     /// The data directory; a fresh temporary directory (deleted with the
     /// node) when `None`. It is created if missing.
     pub data_dir: Option<PathBuf>,
+    /// Count the node as started once `GET /healthz` answers (the listener is up), without
+    /// waiting for readiness: for tests of a node whose database is not there yet.
+    pub live_only: bool,
 }
 
 impl NodeOptions {
@@ -71,6 +74,13 @@ impl NodeOptions {
     #[must_use]
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Counts the node as started once it is live, not ready (see [`NodeOptions::live_only`]).
+    #[must_use]
+    pub fn live_only(mut self) -> Self {
+        self.live_only = true;
         self
     }
 
@@ -94,6 +104,7 @@ pub struct Node {
     pid: u32,
     last_status: Option<ExitStatus>,
     probe: reqwest::Client,
+    live_only: bool,
     // Declared last so that the directory outlives everything else in drop
     // order; `None` when the caller supplied the directory.
     _temp_dir: Option<TempDir>,
@@ -155,6 +166,7 @@ impl Node {
             pid: 0,
             last_status: None,
             probe,
+            live_only: opts.live_only,
             _temp_dir: temp_dir,
         };
         let mut attempt = 1;
@@ -375,8 +387,23 @@ impl Node {
     /// Polls `GET /readyz` until it answers `200 OK`, the process exits or the
     /// timeout passes.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let url = format!("{}/readyz", self.url());
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let path = if self.live_only {
+            "/healthz"
+        } else {
+            "/readyz"
+        };
+        self.wait_for(path, READY_TIMEOUT).await
+    }
+
+    /// Polls `GET /readyz` until it answers `200 OK` (within `limit`), e.g. after the node's
+    /// database came back.
+    pub async fn wait_until_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        self.wait_for("/readyz", limit).await
+    }
+
+    async fn wait_for(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.url());
+        let deadline = Instant::now() + limit;
         loop {
             if !self.is_running() {
                 let status = self
@@ -386,13 +413,11 @@ impl Node {
             }
             let probe = match self.probe.get(&url).send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
-                Ok(response) => format!("GET /readyz answered {}", response.status()),
-                Err(error) => format!("GET /readyz failed: {error}"),
+                Ok(response) => format!("GET {path} answered {}", response.status()),
+                Err(error) => format!("GET {path} failed: {error}"),
             };
             if Instant::now() >= deadline {
-                return Err(anyhow!(
-                    "not ready after {READY_TIMEOUT:?}; last probe: {probe}"
-                ));
+                return Err(anyhow!("not ready after {limit:?}; last probe: {probe}"));
             }
             sleep(READY_POLL).await;
         }
