@@ -18,6 +18,7 @@ pub mod clients;
 pub mod image;
 pub mod node;
 pub mod postgres;
+pub mod redis;
 
 pub use client::RegistryClient;
 pub use image::{Blob, Image};
