@@ -158,8 +158,9 @@ pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
         storage,
         Settings::from_config(config),
         tokens,
-        crate::cache::Caches::new(&config.cache).context("setting up the caches")?,
-    );
+        &config.cache,
+    )
+    .context("setting up the caches")?;
     if let Some(generated) = registry
         .bootstrap_admin(admin_password(config)?.as_deref())
         .await?

@@ -183,19 +183,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds the registry over the metadata and identity stores and blob storage.
+    /// Builds the registry over the metadata and identity stores, blob storage and the caches
+    /// (fails only on an invalid `cache.redis_url`; Redis itself need not be up).
     pub fn new(
         meta: Arc<dyn MetaStore>,
         identity: Arc<dyn IdentityStore>,
         storage: Storage,
         settings: Settings,
         tokens: TokenSettings,
-        caches: Caches,
-    ) -> Self {
+        cache: &crate::config::CacheConfig,
+    ) -> Result<Self> {
+        let caches = Caches::new(cache).map_err(|e| Error::Internal(e.into()))?;
         let logins = LocalCache::new(10_000, std::time::Duration::from_secs(60));
         let hook = logins.clone();
         caches.on_flush(caching::LOGINS, move || hook.clear());
-        Self {
+        Ok(Self {
             meta,
             identity,
             storage,
@@ -204,7 +206,7 @@ impl Registry {
             logins,
             verified_tokens: LocalCache::new(10_000, std::time::Duration::from_secs(30)),
             caches: caching::RegistryCaches::new(caches),
-        }
+        })
     }
 
     /// The settings in force.
