@@ -176,7 +176,9 @@ pub async fn build_registry(
         storage,
         Settings::from_config(config),
         tokens,
-    );
+        &config.cache,
+    )
+    .context("setting up the caches")?;
     if let Some(generated) = registry
         .bootstrap_admin(admin_password(config)?.as_deref())
         .await?

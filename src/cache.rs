@@ -1,10 +1,17 @@
-//! Caches: in-process (moka) now; the shared Redis tier and cross-node invalidation come with the
-//! cache issue. A cache is never the source of truth and a miss is always safe.
+//! Caches: moka in process (L1), optionally Redis shared by the nodes (L2), in front of the
+//! database; and the invalidation bus (Redis pub/sub) that makes every node drop an entry a writer
+//! changed. See docs/cache.md for what is cached and the staleness bound.
 //!
-//! Only this module imports `moka`. Must not depend on `service`, `meta` or `storage`.
+//! Invariants: a cache is never the source of truth; a Redis failure is a miss, never an error
+//! (short timeouts, a circuit breaker); concurrent misses of one key on one node load once.
+//! Only this module imports `moka` and `redis`. Must not depend on `service`, `meta` or `storage`.
 
 use std::hash::Hash;
 use std::time::Duration;
+
+mod tiered;
+
+pub use tiered::{Caches, Error, SharedFailure, Tiered};
 
 /// A bounded in-process cache whose entries expire `ttl` after insertion.
 #[derive(Clone)]

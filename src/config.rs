@@ -30,6 +30,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Authentication and tokens.
     pub auth: AuthConfig,
+    /// Caches: moka in process, plus Redis when `cache.redis_url` is set.
+    pub cache: CacheConfig,
 }
 
 /// A secret value: never printed, never in `Debug` output, serialized as `***`.
@@ -409,6 +411,57 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Cache settings: moka per node, and optionally Redis shared by the nodes with invalidation over
+/// Redis pub/sub. See docs/cache.md for what is cached and the staleness bound.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Redis URL (`redis://host:port/db`). Unset: moka only (embedded mode, one node).
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key and of the invalidation channel; nodes of one cluster share it.
+    pub key_prefix: String,
+    /// Weight budget of the manifest cache in bytes (entries weigh their payload size).
+    pub manifest_max_bytes: u64,
+    /// Most entries of each of the other caches (tags, authorization facts, blob metadata).
+    pub max_entries: u64,
+    /// Lifetime of cached manifests (immutable by digest; dropped on delete), in seconds.
+    pub manifest_ttl_seconds: u64,
+    /// Lifetime of tag → digest entries, in seconds: the staleness bound when an invalidation
+    /// is lost.
+    pub tag_ttl_seconds: u64,
+    /// Lifetime of authorization facts (visibility, roles, grants), in seconds.
+    pub facts_ttl_seconds: u64,
+    /// Lifetime of blob metadata for HEAD and GET, in seconds.
+    pub blob_ttl_seconds: u64,
+    /// Lifetime of mutable local entries while the invalidation channel is down, in seconds.
+    pub disconnected_ttl_seconds: u64,
+    /// Timeout of one Redis command, in milliseconds; a slower answer counts as a miss.
+    pub redis_timeout_ms: u64,
+    /// Consecutive Redis failures that open the circuit breaker (Redis is then skipped).
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe is let through, in milliseconds.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "aerugo".into(),
+            manifest_max_bytes: 64 * 1024 * 1024,
+            max_entries: 100_000,
+            manifest_ttl_seconds: 3600,
+            tag_ttl_seconds: 30,
+            facts_ttl_seconds: 10,
+            blob_ttl_seconds: 300,
+            disconnected_ttl_seconds: 2,
+            redis_timeout_ms: 250,
+            breaker_failures: 3,
+            breaker_open_ms: 2000,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
@@ -516,6 +569,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.token_ttl_seconds",
                 message: "must be at least 60".into(),
+            });
+        }
+        if self.cache.redis_timeout_ms == 0 || self.cache.breaker_failures == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cache.redis_timeout_ms",
+                message: "the Redis timeout and breaker threshold must be positive".into(),
             });
         }
         if !matches!(self.auth.default_visibility.as_str(), "private" | "public") {

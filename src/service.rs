@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::LocalCache;
+use crate::cache::{Caches, LocalCache};
 use crate::config::Config;
 use crate::meta::identity::IdentityStore;
 use crate::meta::{self, MetaStore};
@@ -17,6 +17,7 @@ use crate::storage::{self, Storage};
 pub mod access;
 mod auth;
 mod blobs;
+mod caching;
 mod listing;
 mod manifests;
 mod tenancy;
@@ -177,26 +178,35 @@ pub struct Registry {
     logins: LocalCache<[u8; 32], access::Identity>,
     /// Registry tokens whose signature was checked recently, keyed by the token's hash.
     verified_tokens: LocalCache<[u8; 32], crate::auth::Claims>,
+    /// Tags, manifests, blob metadata and authorization facts (moka, and Redis when configured).
+    caches: caching::RegistryCaches,
 }
 
 impl Registry {
-    /// Builds the registry over the metadata and identity stores and blob storage.
+    /// Builds the registry over the metadata and identity stores, blob storage and the caches
+    /// (fails only on an invalid `cache.redis_url`; Redis itself need not be up).
     pub fn new(
         meta: Arc<dyn MetaStore>,
         identity: Arc<dyn IdentityStore>,
         storage: Storage,
         settings: Settings,
         tokens: TokenSettings,
-    ) -> Self {
-        Self {
+        cache: &crate::config::CacheConfig,
+    ) -> Result<Self> {
+        let caches = Caches::new(cache).map_err(|e| Error::Internal(e.into()))?;
+        let logins = LocalCache::new(10_000, std::time::Duration::from_secs(60));
+        let hook = logins.clone();
+        caches.on_flush(caching::LOGINS, move || hook.clear());
+        Ok(Self {
             meta,
             identity,
             storage,
             settings: Arc::new(settings),
             tokens: Arc::new(tokens),
-            logins: LocalCache::new(10_000, std::time::Duration::from_secs(60)),
+            logins,
             verified_tokens: LocalCache::new(10_000, std::time::Duration::from_secs(30)),
-        }
+            caches: caching::RegistryCaches::new(caches),
+        })
     }
 
     /// The settings in force.

@@ -339,6 +339,8 @@ impl PostgresStore {
         C: Sync,
         F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
     {
+        // Counted once per use (not per retry), so tests can show a path does no database work.
+        metrics::counter!("aerugo_db_queries_total", "op" => op).increment(1);
         let mut attempt = 0;
         let kind = match mode {
             Mode::Write => "write",

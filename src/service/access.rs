@@ -13,6 +13,7 @@ use crate::oci::RepoName;
 
 pub use crate::auth::permission::Action;
 
+use super::caching::{CachedFacts, RegistryCaches};
 use super::{Error, Registry, Result};
 
 /// What an API key may reach.
@@ -93,10 +94,18 @@ impl Registry {
         identity: Option<&Identity>,
         repo: &str,
     ) -> Result<(AccessFacts, bool)> {
+        let user = identity.map(|i| i.user_id.as_str());
+        let key = RegistryCaches::facts_key(repo, user);
         let facts = self
-            .identity
-            .repo_facts(repo, identity.map(|i| i.user_id.as_str()))
-            .await?;
+            .caches
+            .facts
+            .get_or_load(&key, || async {
+                Ok::<_, Error>(Some(CachedFacts::from(
+                    self.identity.repo_facts(repo, user).await?,
+                )))
+            })
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("repository facts not loaded")))?;
         let access = AccessFacts {
             is_site_admin: identity.is_some_and(|i| i.is_admin),
             is_namespace_owner: facts.owns_namespace,

@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use futures::{StreamExt, TryStreamExt};
 
+use super::caching::{CachedBlob, RegistryCaches};
 use super::{Error, Registry, Result};
 use crate::meta::{BlobRow, Delete};
 use crate::oci::{Digest, RepoName};
@@ -22,9 +23,19 @@ pub struct BlobRead {
 impl Registry {
     /// A blob's metadata, answered from the metadata store alone (for HEAD).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRow> {
-        self.meta
-            .blob_in_repo(repo, digest)
+        let key = RegistryCaches::object_key(repo, digest);
+        self.caches
+            .blobs
+            .get_or_load(&key, || async {
+                Ok::<_, Error>(
+                    self.meta
+                        .blob_in_repo(repo, digest)
+                        .await?
+                        .map(CachedBlob::from),
+                )
+            })
             .await?
+            .and_then(CachedBlob::into_row)
             .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
@@ -69,7 +80,11 @@ impl Registry {
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.ensure_delete_enabled()?;
         match self.meta.unlink_blob(repo, digest).await? {
-            Delete::Deleted => Ok(()),
+            Delete::Deleted => {
+                let key = RegistryCaches::object_key(repo, digest);
+                self.caches.blobs.invalidate(&[key]).await;
+                Ok(())
+            }
             Delete::NotFound => Err(Error::BlobUnknown(digest.clone())),
             Delete::Referenced(by) => Err(Error::Conflict(format!(
                 "blob is referenced by manifest {}; delete the manifest first",

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::caching::{CachedManifest, RegistryCaches};
 use super::{Error, Registry, Result};
 use crate::meta::{Delete, ManifestRow, NewManifest, PutManifest};
 use crate::oci::{Digest, ManifestError, Reference, RepoName, media_types, parse_manifest};
@@ -67,6 +68,10 @@ impl Registry {
         match self.meta.put_manifest(repo, &new).await? {
             PutManifest::Stored => {
                 self.init_visibility(repo).await?;
+                if let Reference::Tag(t) = reference {
+                    let key = RegistryCaches::tag_key(repo, t);
+                    self.caches.tags.invalidate(&[key]).await;
+                }
                 tracing::info!(repo.name = %repo, manifest.digest = %digest, reference = %reference, "manifest stored");
                 Ok(PushedManifest { digest, subject })
             }
@@ -80,9 +85,46 @@ impl Registry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestRow> {
-        self.meta
-            .manifest(repo, reference)
+        // Tag → digest first (cached, dropped on every tag write), then the manifest under
+        // (repository, digest): a hit there also proves this repository still holds it.
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => {
+                let key = RegistryCaches::tag_key(repo, t);
+                let mut loaded = None;
+                let digest = self
+                    .caches
+                    .tags
+                    .get_or_load(&key, || async {
+                        let row = self.meta.manifest(repo, reference).await?;
+                        let digest = row.as_ref().map(|r| r.digest.to_string());
+                        loaded = row;
+                        Ok::<_, Error>(digest)
+                    })
+                    .await?
+                    .ok_or(Error::ManifestUnknown)?;
+                if let Some(row) = loaded {
+                    return Ok(row);
+                }
+                digest
+                    .parse()
+                    .map_err(|e: crate::oci::DigestError| Error::Internal(e.into()))?
+            }
+        };
+        let by_digest = Reference::Digest(digest.clone());
+        let key = RegistryCaches::object_key(repo, &digest);
+        self.caches
+            .manifests
+            .get_or_load(&key, || async {
+                Ok::<_, Error>(
+                    self.meta
+                        .manifest(repo, &by_digest)
+                        .await?
+                        .map(CachedManifest::from),
+                )
+            })
             .await?
+            .and_then(CachedManifest::into_row)
             .ok_or(Error::ManifestUnknown)
     }
 
@@ -92,13 +134,20 @@ impl Registry {
         match reference {
             Reference::Tag(tag) => {
                 if self.meta.delete_tag(repo, tag).await? {
+                    let key = RegistryCaches::tag_key(repo, tag);
+                    self.caches.tags.invalidate(&[key]).await;
                     Ok(())
                 } else {
                     Err(Error::ManifestUnknown)
                 }
             }
             Reference::Digest(digest) => match self.meta.delete_manifest(repo, digest).await? {
-                Delete::Deleted => Ok(()),
+                Delete::Deleted => {
+                    // Tags that pointed here resolve to a manifest no longer held: unknown.
+                    let key = RegistryCaches::object_key(repo, digest);
+                    self.caches.manifests.invalidate(&[key]).await;
+                    Ok(())
+                }
                 Delete::NotFound => Err(Error::ManifestUnknown),
                 Delete::Referenced(by) => Err(Error::Conflict(format!(
                     "manifest is referenced by index {}; delete the index first",

@@ -79,11 +79,11 @@ impl Registry {
         }
     }
 
-    /// Drops this node's cache of recently checked Basic credentials, so a changed password, a
-    /// demoted admin, a deleted user or a revoked key stops working here at once (other nodes
-    /// forget within the cache's minute).
-    fn forget_logins(&self) {
-        self.logins.clear();
+    /// Called after every committed change to users, organizations, memberships, teams, grants,
+    /// visibility or API keys: drops the cached Basic-credential checks and authorization facts
+    /// on this node at once and, through the cache bus, on every other node.
+    async fn tenancy_changed(&self) {
+        self.caches.tenancy_changed().await;
     }
 
     // ---- users ---------------------------------------------------------------------------
@@ -111,7 +111,8 @@ impl Registry {
         valid_account_name(username)?;
         valid_password(password)?;
         let hash = self.hash_password(password).await?;
-        self.identity
+        let row = self
+            .identity
             .create_user(&NewUser {
                 username: username.to_owned(),
                 email: email.to_owned(),
@@ -119,7 +120,9 @@ impl Registry {
                 is_admin,
             })
             .await?
-            .ok_or_else(|| Error::Conflict(format!("the name {username} is taken")))
+            .ok_or_else(|| Error::Conflict(format!("the name {username} is taken")))?;
+        self.tenancy_changed().await;
+        Ok(row)
     }
 
     /// A user by name: any authenticated caller may look users up.
@@ -173,7 +176,7 @@ impl Registry {
             is_admin,
         };
         self.identity.update_user(&target.id, &update).await?;
-        self.forget_logins();
+        self.tenancy_changed().await;
         self.identity
             .user_by_id(&target.id)
             .await?
@@ -202,7 +205,7 @@ impl Registry {
                 },
             )
             .await?;
-        self.forget_logins();
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -226,7 +229,7 @@ impl Registry {
         }
         match self.identity.delete_user(&target.id).await? {
             Ok(true) => {
-                self.forget_logins();
+                self.tenancy_changed().await;
                 Ok(())
             }
             Ok(false) => Err(Error::NameUnknown),
@@ -280,10 +283,13 @@ impl Registry {
     pub async fn create_org(&self, caller: &Identity, name: &str) -> Result<OrgRow> {
         self.require_interactive(caller)?;
         valid_account_name(name)?;
-        self.identity
+        let row = self
+            .identity
             .create_org(name, &caller.user_id)
             .await?
-            .ok_or_else(|| Error::Conflict(format!("the name {name} is taken")))
+            .ok_or_else(|| Error::Conflict(format!("the name {name} is taken")))?;
+        self.tenancy_changed().await;
+        Ok(row)
     }
 
     /// An organization the caller belongs to (or any, for site admins).
@@ -309,7 +315,10 @@ impl Registry {
             return Err(Error::Denied);
         }
         match self.identity.delete_org(&org.id).await? {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.tenancy_changed().await;
+                Ok(())
+            }
             Ok(false) => Err(Error::NameUnknown),
             Err(reason) => Err(Error::Conflict(reason)),
         }
@@ -354,6 +363,7 @@ impl Registry {
         self.identity
             .set_org_member(&org.id, &user.id, role.as_str())
             .await?;
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -393,6 +403,7 @@ impl Registry {
             ));
         }
         self.identity.remove_org_member(&org.id, &user.id).await?;
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -426,6 +437,7 @@ impl Registry {
         let (org, _) = self.managed_org(caller, org).await?;
         let team = self.team_of(&org, team).await?;
         self.identity.delete_team(&team.id).await?;
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -463,6 +475,7 @@ impl Registry {
             )));
         }
         self.identity.add_team_member(&team.id, &user.id).await?;
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -482,6 +495,7 @@ impl Registry {
             .await?
             .ok_or(Error::NameUnknown)?;
         if self.identity.remove_team_member(&team.id, &user.id).await? {
+            self.tenancy_changed().await;
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -515,6 +529,7 @@ impl Registry {
         {
             return Err(Error::NameUnknown);
         }
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -533,6 +548,7 @@ impl Registry {
             .revoke(repo.as_str(), &GrantSubject::Team(team.id))
             .await?
         {
+            self.tenancy_changed().await;
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -601,6 +617,7 @@ impl Registry {
         self.identity
             .set_visibility(repo.as_str(), visibility)
             .await?;
+        self.tenancy_changed().await;
         self.identity
             .repository(repo.as_str())
             .await?
@@ -613,6 +630,8 @@ impl Registry {
             .await?;
         self.ensure_delete_enabled()?;
         self.identity.delete_repository(repo.as_str()).await?;
+        self.tenancy_changed().await;
+        self.caches.repository_deleted(repo).await;
         Ok(())
     }
 
@@ -677,6 +696,7 @@ impl Registry {
         self.identity
             .grant(repo.as_str(), &subject, permission.as_str())
             .await?;
+        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -692,6 +712,7 @@ impl Registry {
             .await?;
         let subject = self.grant_subject(repo, user, team).await?;
         if self.identity.revoke(repo.as_str(), &subject).await? {
+            self.tenancy_changed().await;
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -757,7 +778,7 @@ impl Registry {
     pub async fn revoke_api_key(&self, caller: &Identity, id: &str) -> Result<()> {
         self.require_interactive(caller)?;
         if self.identity.revoke_api_key(&caller.user_id, id).await? {
-            self.forget_logins();
+            self.tenancy_changed().await;
             Ok(())
         } else {
             Err(Error::NameUnknown)

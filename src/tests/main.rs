@@ -8,6 +8,7 @@
 
 mod auth;
 mod blobs;
+mod cache;
 mod clients;
 mod contention;
 mod faults;

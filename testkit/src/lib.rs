@@ -14,6 +14,7 @@
 //! - [`s3`] runs a real S3 server (`s3s-fs`, checking SigV4) on a loopback port.
 //! - [`multinode`] starts several nodes sharing a database and a blob store.
 //! - [`pgcluster`] creates a private PostgreSQL cluster a test may stop and start.
+//! - [`redis`] hands out a Redis URL and key prefix per test, or a private `redis-server`.
 
 pub mod bench;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod multinode;
 pub mod node;
 pub mod pgcluster;
 pub mod postgres;
+pub mod redis;
 pub mod s3;
 
 pub use client::RegistryClient;
