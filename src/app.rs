@@ -233,6 +233,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         _ = stop_rx.wait_for(|stop| *stop) => None,
     };
     if let Some(registry) = registry {
+        let registry_handle = registry.clone();
         startup.finish(ApiState {
             registry,
             ready: ready.clone(),
@@ -241,6 +242,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             public_url: config.server.public_url.clone(),
             metrics,
         });
+        spawn_upload_purge(registry_handle, &config, stop_rx.clone());
         if !*stop_rx.borrow() {
             ready.store(true, Ordering::Release);
             tracing::info!(listen_address = %addr, storage = ?config.storage.kind, "aerugo serving");
@@ -258,6 +260,46 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("aerugo stopped");
     Ok(())
+}
+
+/// Runs the purge of abandoned uploads every `registry.upload_purge_interval_seconds` until
+/// shutdown. Every node runs the loop; the lease in the metadata store lets one of them work per
+/// round, and passes to another node when the holder stops renewing it (it lapses after two
+/// intervals).
+fn spawn_upload_purge(
+    registry: Registry,
+    config: &Config,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let max_age = Duration::from_secs(config.registry.upload_max_age_seconds);
+    if max_age.is_zero() {
+        tracing::info!("upload purge off (registry.upload_max_age_seconds = 0)");
+        return;
+    }
+    let interval = Duration::from_secs(config.registry.upload_purge_interval_seconds);
+    let holder = uuid::Uuid::new_v4().to_string();
+    tokio::spawn(async move {
+        // Nodes started together spread their first round over the first interval.
+        let first = interval
+            .mul_f64(rand::random::<f64>())
+            .min(Duration::from_secs(60));
+        let mut next = tokio::time::Instant::now() + first;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            next = tokio::time::Instant::now() + interval;
+            match registry
+                .purge_abandoned_uploads_exclusively(&holder, max_age, interval * 2)
+                .await
+            {
+                Ok(Some(0) | None) => {}
+                Ok(Some(n)) => tracing::info!(purged = n, "upload purge done"),
+                Err(e) => tracing::warn!(error = %e, "upload purge failed; trying again later"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

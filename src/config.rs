@@ -363,6 +363,12 @@ pub struct RegistryConfig {
     pub default_page_size: u32,
     /// Largest page a client may ask for; larger `n` are clamped and continue through `Link`.
     pub max_page_size: u32,
+    /// An upload session that has not received a chunk for this many seconds is abandoned: the
+    /// purge job deletes it and its stored parts. 0 turns the purge off.
+    pub upload_max_age_seconds: u64,
+    /// How often a node looks for abandoned uploads. One node at a time does the work (a lease in
+    /// the metadata store), so several nodes do not purge twice.
+    pub upload_purge_interval_seconds: u64,
 }
 
 impl Default for RegistryConfig {
@@ -371,6 +377,8 @@ impl Default for RegistryConfig {
             delete_enabled: true,
             default_page_size: 1000,
             max_page_size: 10_000,
+            upload_max_age_seconds: 86_400,
+            upload_purge_interval_seconds: 600,
         }
     }
 }
@@ -557,6 +565,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "registry.default_page_size",
                 message: "page sizes must be positive".into(),
+            });
+        }
+        if self.registry.upload_purge_interval_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "registry.upload_purge_interval_seconds",
+                message: "must be positive (turn the purge off with upload_max_age_seconds = 0)"
+                    .into(),
             });
         }
         if self.server.request_timeout_seconds == 0 || self.server.body_idle_timeout_seconds == 0 {

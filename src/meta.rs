@@ -166,6 +166,17 @@ pub struct ReferrerRow {
     pub annotations: Option<String>,
 }
 
+/// An upload session nobody has advanced for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleUpload {
+    /// Its repository.
+    pub repo: String,
+    /// Session id.
+    pub id: String,
+    /// When it last accepted a chunk (or started), in milliseconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
 /// The metadata store contract. Implementations are cheap to clone behind an `Arc`.
 #[async_trait]
 pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
@@ -242,6 +253,16 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<ReferrerRow>>>;
+
+    /// Takes the lease `name` for `holder` until `ttl_ms` from now when it is free, expired or
+    /// already `holder`'s (a renewal); `true` when `holder` holds it afterwards. Exactly one of
+    /// several concurrent callers wins a free lease.
+    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+    /// Upload sessions last advanced before `before` (milliseconds), oldest first, at most `limit`.
+    async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>>;
+    /// Deletes an upload session and its parts if it still has not advanced since `before`;
+    /// `true` when it was deleted. A session that moved on in the meantime is kept.
+    async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool>;
 }
 
 /// Milliseconds since the Unix epoch, the time unit of stored timestamps.

@@ -103,6 +103,8 @@ pub(crate) async fn run_all(store: Arc<dyn MetaStore>) {
     concurrent_advances_have_one_winner(&store).await;
     concurrent_pushes_to_one_tag_all_land(&store).await;
     concurrent_repository_creation_and_blob_commits(&store).await;
+    stale_uploads_and_their_removal(s).await;
+    leases_have_one_holder(&store).await;
 }
 
 async fn empty_store_answers(s: &dyn MetaStore) {
@@ -803,6 +805,100 @@ async fn concurrent_repository_creation_and_blob_commits(store: &Arc<dyn MetaSto
     if let Some(key) = present.first() {
         assert_eq!(&row.storage_key, key);
     }
+}
+
+async fn stale_uploads_and_their_removal(s: &dyn MetaStore) {
+    let r = repo("stale/uploads");
+    let before_start = now_millis() - 1;
+    for id in ["stale-a", "stale-b", "stale-c"] {
+        s.create_upload(&r, id, b"s").await.unwrap();
+    }
+    s.advance_upload("stale-c", 0, &part(0, 4, "objects/stale-c/0"), b"s4")
+        .await
+        .unwrap();
+    let ours = |rows: Vec<super::StaleUpload>| -> Vec<String> {
+        rows.into_iter()
+            .filter(|u| u.repo == r.as_str())
+            .map(|u| u.id)
+            .collect()
+    };
+    // Nothing is stale before it started.
+    assert!(ours(s.stale_uploads(before_start, 100).await.unwrap()).is_empty());
+    let later = now_millis() + 60_000;
+    let mut all = ours(s.stale_uploads(later, 10_000).await.unwrap());
+    all.sort();
+    assert_eq!(all, ["stale-a", "stale-b", "stale-c"]);
+    assert_eq!(s.stale_uploads(later, 2).await.unwrap().len(), 2, "limit");
+    let row = s
+        .stale_uploads(later, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.id == "stale-c")
+        .unwrap();
+    assert!(row.updated_at >= before_start && row.updated_at <= now_millis());
+
+    // A session that advanced after the cutoff is kept; an old one goes with its parts.
+    assert!(
+        !s.delete_stale_upload("stale-c", before_start)
+            .await
+            .unwrap()
+    );
+    assert!(s.upload(&r, "stale-c").await.unwrap().is_some());
+    assert!(s.delete_stale_upload("stale-c", later).await.unwrap());
+    assert!(s.upload(&r, "stale-c").await.unwrap().is_none());
+    assert!(!s.delete_stale_upload("stale-c", later).await.unwrap());
+    assert!(!s.delete_stale_upload("never-was", later).await.unwrap());
+    let mut left = ours(s.stale_uploads(later, 10_000).await.unwrap());
+    left.sort();
+    assert_eq!(left, ["stale-a", "stale-b"]);
+    // Removing a stale session leaves the repository's other sessions alone.
+    assert!(s.upload(&r, "stale-a").await.unwrap().is_some());
+}
+
+async fn leases_have_one_holder(store: &Arc<dyn MetaStore>) {
+    let s = store.as_ref();
+    assert!(s.try_acquire_lease("job", "node-a", 60_000).await.unwrap());
+    assert!(!s.try_acquire_lease("job", "node-b", 60_000).await.unwrap());
+    assert!(
+        s.try_acquire_lease("job", "node-a", 60_000).await.unwrap(),
+        "the holder renews its lease"
+    );
+    // Leases are independent by name.
+    assert!(
+        s.try_acquire_lease("other-job", "node-b", 60_000)
+            .await
+            .unwrap()
+    );
+    // An expired lease goes to whoever asks next.
+    assert!(s.try_acquire_lease("lapsed", "node-a", -1).await.unwrap());
+    assert!(
+        s.try_acquire_lease("lapsed", "node-b", 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.try_acquire_lease("lapsed", "node-a", 60_000)
+            .await
+            .unwrap()
+    );
+
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .try_acquire_lease("contended", &format!("racer-{i}"), 60_000)
+                .await
+        }));
+    }
+    let mut holders = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1, "exactly one racer takes a free lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,6 +31,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0002_create_identity",
         sql: include_str!("../../schema/sqlite/0002_create_identity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_create_leases",
+        sql: include_str!("../../schema/sqlite/0003_create_leases.sql"),
+    },
 ];
 
 /// The PostgreSQL/CockroachDB migrations, in order.
@@ -44,6 +49,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "0002_create_identity",
         sql: include_str!("../../schema/postgres/0002_create_identity.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_create_leases",
+        sql: include_str!("../../schema/postgres/0003_create_leases.sql"),
     },
 ];
 

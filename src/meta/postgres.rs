@@ -41,7 +41,7 @@ use tokio_postgres::{IsolationLevel, Row};
 use super::migrate::{Migration, POSTGRES};
 use super::{
     BlobCommit, BlobRow, Delete, Error, ManifestRow, MetaStore, NewBlob, NewManifest, PutManifest,
-    ReferrerRow, Result, UploadPart, UploadRow, now_millis,
+    ReferrerRow, Result, StaleUpload, UploadPart, UploadRow, now_millis,
 };
 use crate::config::{DatabaseConfig, redact_url};
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -1417,6 +1417,79 @@ impl MetaStore for PostgresStore {
                 .collect()
         })
         .transpose()
+    }
+
+    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        self.write(
+            "try_acquire_lease",
+            (name, holder, ttl_ms),
+            |tx, &(name, holder, ttl_ms)| {
+                Box::pin(async move {
+                    let now = now_millis();
+                    let n = exec(
+                        tx,
+                        "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                             expires_at = excluded.expires_at
+                         WHERE leases.expires_at < $4 OR leases.holder = excluded.holder",
+                        &[&name, &holder, &now.saturating_add(ttl_ms), &now],
+                    )
+                    .await?;
+                    Ok(n > 0)
+                })
+            },
+        )
+        .await
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>> {
+        type Raw = (Vec<u8>, String, i64);
+        let raw: Vec<Raw> = self
+            .read("stale_uploads", (before, limit), |tx, &(before, limit)| {
+                Box::pin(async move {
+                    let rows = all(
+                        tx,
+                        "SELECT r.name, u.id, u.updated_at FROM uploads u
+                         JOIN repositories r ON r.id = u.repo_id
+                         WHERE u.updated_at < $1 ORDER BY u.updated_at LIMIT $2",
+                        &[&before, &i64::from(limit)],
+                    )
+                    .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect())
+                })
+            })
+            .await?;
+        raw.into_iter()
+            .map(|(repo, id, updated_at)| {
+                Ok(StaleUpload {
+                    repo: name_of(repo)?,
+                    id,
+                    updated_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool> {
+        self.write("delete_stale_upload", (id, before), |tx, &(id, before)| {
+            Box::pin(async move {
+                let stale = opt(
+                    tx,
+                    "SELECT 1 FROM uploads WHERE id = $1 AND updated_at < $2",
+                    &[&id, &before],
+                )
+                .await?
+                .is_some();
+                if stale {
+                    remove_upload(tx, id).await?;
+                }
+                Ok(stale)
+            })
+        })
+        .await
     }
 }
 

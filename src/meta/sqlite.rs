@@ -17,7 +17,7 @@ mod identity;
 use super::migrate::{Migration, SQLITE};
 use super::{
     BlobCommit, BlobRow, Delete, Error, ManifestRow, MetaStore, NewBlob, NewManifest, PutManifest,
-    ReferrerRow, Result, UploadPart, UploadRow, now_millis,
+    ReferrerRow, Result, StaleUpload, UploadPart, UploadRow, now_millis,
 };
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
@@ -805,5 +805,59 @@ impl MetaStore for SqliteStore {
                 .collect()
         })
         .transpose()
+    }
+
+    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |tx| {
+            let now = now_millis();
+            let n = tx.exec(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                     expires_at = excluded.expires_at
+                 WHERE leases.expires_at < ?4 OR leases.holder = excluded.holder",
+                params![name, holder, now.saturating_add(ttl_ms), now],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.name, u.id, u.updated_at FROM uploads u
+                 JOIN repositories r ON r.id = u.repo_id
+                 WHERE u.updated_at < ?1 ORDER BY u.updated_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before, limit], |r| {
+                Ok(StaleUpload {
+                    repo: r.get(0)?,
+                    id: r.get(1)?,
+                    updated_at: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            let stale = tx
+                .qrow(
+                    "SELECT 1 FROM uploads WHERE id = ?1 AND updated_at < ?2",
+                    params![id, before],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if stale {
+                remove_upload(tx, &id)?;
+            }
+            Ok(stale)
+        })
+        .await
     }
 }

@@ -41,7 +41,74 @@ fn valid_upload_id(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok_and(|u| u.hyphenated().to_string() == id)
 }
 
+/// Sessions the purge reads per query; it queries again until none are left.
+const PURGE_BATCH: u32 = 500;
+
+/// The lease that makes one node at a time run the purge.
+const PURGE_LEASE: &str = "upload-purge";
+
 impl Registry {
+    /// Purges abandoned uploads if this node holds (or can take) the purge lease for `lease_ttl`;
+    /// `None` when another node holds it. `holder` names this node, the same on every call.
+    pub async fn purge_abandoned_uploads_exclusively(
+        &self,
+        holder: &str,
+        max_age: std::time::Duration,
+        lease_ttl: std::time::Duration,
+    ) -> Result<Option<u64>> {
+        let ttl_ms = i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX);
+        if !self
+            .meta
+            .try_acquire_lease(PURGE_LEASE, holder, ttl_ms)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.purge_abandoned_uploads(max_age).await.map(Some)
+    }
+
+    /// Deletes every upload session that has not received a chunk for `max_age`, then its stored
+    /// parts; returns how many sessions went. The session row goes first, in a transaction that
+    /// checks it is still idle, so a session that moves on meanwhile is kept, and a chunk that
+    /// lands after the purge finds its session gone and deletes its own part. A finished upload
+    /// has no session left, so its blob (which may live under the upload's prefix) is never
+    /// touched. Parts that fail to delete are logged and left behind; the session is gone either
+    /// way.
+    pub async fn purge_abandoned_uploads(&self, max_age: std::time::Duration) -> Result<u64> {
+        let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = crate::meta::now_millis().saturating_sub(age_ms);
+        let mut purged = 0;
+        loop {
+            let stale = self.meta.stale_uploads(cutoff, PURGE_BATCH).await?;
+            let batch = stale.len();
+            for upload in stale {
+                if !self.meta.delete_stale_upload(&upload.id, cutoff).await? {
+                    continue;
+                }
+                purged += 1;
+                metrics::counter!("aerugo_upload_sessions_total", "event" => "purged").increment(1);
+                let idle_s = (crate::meta::now_millis() - upload.updated_at) / 1000;
+                match self.storage.delete_upload_objects(&upload.id, None).await {
+                    Ok(()) => tracing::info!(
+                        repository = %upload.repo,
+                        upload = %upload.id,
+                        idle_s,
+                        "purged an abandoned upload"
+                    ),
+                    Err(e) => tracing::warn!(
+                        repository = %upload.repo,
+                        upload = %upload.id,
+                        error = %e,
+                        "purged an abandoned upload but could not delete its stored parts"
+                    ),
+                }
+            }
+            if batch < PURGE_BATCH as usize {
+                return Ok(purged);
+            }
+        }
+    }
+
     /// Starts an upload session.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
         self.start_upload_with(repo, DigestAlgorithm::Sha256).await

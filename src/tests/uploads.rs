@@ -4,7 +4,7 @@
 use aerugo_testkit::RegistryClient;
 use reqwest::{Method, StatusCode};
 
-use crate::support::{assert_error, blob, header, node, send, stored_objects};
+use crate::support::{assert_error, blob, header, node, node_with, send, stored_objects};
 
 async fn start(c: &RegistryClient, repo: &str) -> String {
     let res = send(c, Method::POST, &format!("/v2/{repo}/blobs/uploads/")).await;
@@ -378,4 +378,82 @@ async fn a_stalled_upload_body_times_out() {
         "nothing of the stalled chunk is kept"
     );
     assert_eq!(stored_objects(&node), 0);
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged_with_their_objects() {
+    let node = node_with(&[
+        ("AERUGO_REGISTRY__UPLOAD_MAX_AGE_SECONDS", "2"),
+        ("AERUGO_REGISTRY__UPLOAD_PURGE_INTERVAL_SECONDS", "1"),
+    ])
+    .await;
+    let c = node.client();
+    // A finished blob whose object lives under its upload's prefix: never purged.
+    let kept = blob(31, 5000);
+    c.push_blob_monolithic("purge/a", &kept).await.unwrap();
+    let before = stored_objects(&node);
+
+    // An abandoned session with two stored chunks.
+    let b = blob(32, 4000);
+    let abandoned = start(&c, "purge/a").await;
+    let res = patch(&c, &abandoned, &b.data[..2000], 0).await;
+    let abandoned = header(&res, "location").unwrap();
+    let res = patch(&c, &abandoned, &b.data[2000..3000], 2000).await;
+    let abandoned = header(&res, "location").unwrap();
+    assert_eq!(stored_objects(&node), before + 2);
+
+    // A slow session that sends a chunk every half second lives through several purges.
+    let slow = blob(33, 8000);
+    let mut loc = start(&c, "purge/a").await;
+    for (i, chunk) in slow.data.chunks(1000).enumerate() {
+        let res = patch(&c, &loc, chunk, i * 1000).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::ACCEPTED,
+            "chunk {i} of the slow upload"
+        );
+        loc = header(&res, "location").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let res = c
+        .request(Method::PUT, &format!("{loc}?digest={}", slow.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "the slow upload completes"
+    );
+
+    // By now (4 s of chunks, max age 2 s, a purge every second) the abandoned session is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let res = send(&c, Method::GET, &abandoned).await;
+        if res.status() == StatusCode::NOT_FOUND {
+            assert_error(res, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned upload was never purged:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Its chunks are deleted too; the finished blobs are intact.
+    assert_eq!(
+        stored_objects(&node),
+        before + 1,
+        "objects of the purged upload"
+    );
+    assert_eq!(
+        c.get_blob_ok("purge/a", &kept.digest).await.unwrap(),
+        kept.data
+    );
+    assert_eq!(
+        c.get_blob_ok("purge/a", &slow.digest).await.unwrap(),
+        slow.data
+    );
+    assert!(node.log().contains("purged an abandoned upload"));
 }
