@@ -25,6 +25,7 @@ mod cli;
 mod data;
 mod http;
 mod procfs;
+mod prom;
 mod report;
 mod stats;
 mod workloads;

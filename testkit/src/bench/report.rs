@@ -149,11 +149,11 @@ fn markdown(o: &Options, results: &Results, checks: &[Check]) -> String {
     let _ = writeln!(md, "\n### Latency, errors and server resources\n");
     let _ = writeln!(
         md,
-        "Per reported run: operations per second, operation latency, failed operations, server CPU time per HTTP request and the server's peak RSS during the run (largest over all runs). A blob push or pull is one operation; an image push is one operation of 7 requests; a mixed operation is an image pull (3 requests) or push (7).\n"
+        "Per reported run: operations per second, operation latency, failed operations, server CPU time per HTTP request, the server's peak RSS during the run (largest over all runs), and, for servers with Aerugo's `/metrics`, database queries per HTTP request and the share of cache lookups a cache tier answered. A blob push or pull is one operation; an image push is one operation of 7 requests; a mixed operation is an image pull (3 requests) or push (7).\n"
     );
     let _ = writeln!(
         md,
-        "| workload | target | ops/s | p50 ms | p99 ms | errors | requests | CPU s | CPU µs/req | peak RSS MiB | note |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| workload | target | ops/s | p50 ms | p99 ms | errors | requests | CPU s | CPU µs/req | peak RSS MiB | DB queries/req | cache hits | note |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for w in &results.workloads {
         for runs in &w.runs {
@@ -166,7 +166,7 @@ fn markdown(o: &Options, results: &Results, checks: &[Check]) -> String {
                 .replace('|', "\\|");
             let _ = writeln!(
                 md,
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 w.name,
                 runs.target,
                 num(m.ops_per_s),
@@ -180,6 +180,10 @@ fn markdown(o: &Options, results: &Results, checks: &[Check]) -> String {
                 opt(m.cpu_s),
                 opt(m.cpu_us_per_request),
                 opt(runs.max_peak_rss_mib),
+                m.db_queries_per_request
+                    .map_or_else(String::new, |q| format!("{q:.3}")),
+                m.cache_hit_ratio
+                    .map_or_else(String::new, |h| format!("{:.1}%", h * 100.0)),
                 note,
             );
         }
@@ -301,6 +305,17 @@ pub(crate) fn targets(o: &Options, results: &Results) -> Vec<Check> {
             m.cpu_us_per_request
                 .map_or_else(|| "no PID given".into(), |c| format!("{} µs", num(c))),
             m.cpu_us_per_request.map(|c| c <= 50.0),
+        );
+        // The cache's promise: a hot pull by tag costs no database round trip. The few queries
+        // left are entries refreshed when their TTL ends.
+        check(
+            format!("hot manifest {what} by tag performs no database query (≤ 0.01 per request)"),
+            match (m.db_queries_per_request, m.cache_hit_ratio) {
+                (Some(q), Some(h)) => format!("{q:.4} queries/req, {:.1}% cache hits", h * 100.0),
+                (Some(q), None) => format!("{q:.4} queries/req"),
+                _ => "the server has no Aerugo /metrics".into(),
+            },
+            m.db_queries_per_request.map(|q| q <= 0.01),
         );
     }
     let anonymous = find(results, "manifest-get").and_then(|w| w.reported(cand));

@@ -147,6 +147,10 @@ pub(crate) struct Measurement {
     pub(crate) cpu_us_per_request: Option<f64>,
     /// Server peak RSS during the run, in MiB.
     pub(crate) peak_rss_mib: Option<f64>,
+    /// Database queries per HTTP request, from the server's `/metrics` (Aerugo only).
+    pub(crate) db_queries_per_request: Option<f64>,
+    /// Share of the server's cache lookups a cache tier answered, from its `/metrics`.
+    pub(crate) cache_hit_ratio: Option<f64>,
     /// Extra facts (entries returned by a list, for example).
     pub(crate) note: Option<String>,
     /// The first few errors.
@@ -199,6 +203,8 @@ impl Measurement {
             peak_rss_mib: usage
                 .and_then(|u| u.peak_rss_kib)
                 .map(|k| k as f64 / 1024.0),
+            db_queries_per_request: None,
+            cache_hit_ratio: None,
             note: None,
             first_errors: tally.first_errors,
         }

@@ -486,8 +486,16 @@ fn log_run(workload: &str, target: &str, m: &Measurement, unit: &str) {
         .peak_rss_mib
         .map(|r| format!(", peak RSS {r:.1} MiB"))
         .unwrap_or_default();
+    let db = m
+        .db_queries_per_request
+        .map(|q| format!(", {q:.3} DB queries/req"))
+        .unwrap_or_default();
+    let hits = m
+        .cache_hit_ratio
+        .map(|h| format!(", cache hits {:.1}%", h * 100.0))
+        .unwrap_or_default();
     eprintln!(
-        "{workload:<24} {target:<14} #{}: {:>10.1} {unit}, p50 {:.2} ms, p99 {:.2} ms, {} errors{cpu}{rss}",
+        "{workload:<24} {target:<14} #{}: {:>10.1} {unit}, p50 {:.2} ms, p99 {:.2} ms, {} errors{cpu}{rss}{db}{hits}",
         m.repeat + 1,
         m.value,
         m.p50_ms,
@@ -536,13 +544,30 @@ async fn run_once(
         }
         return Ok(None);
     }
+    // The server's own counters (Aerugo's /metrics) around the timed part; the two scrapes are
+    // outside the clock and add two requests the per-request figures ignore.
+    let before = if t.is_static {
+        None
+    } else {
+        super::prom::scrape(&t.http).await
+    };
     let watch = t.pid.map(Watch::start);
     let (tally, elapsed, note) = execute(o, kind, &run, state, prepared).await?;
     let usage = match watch {
         Some(w) => Some(w.finish().await),
         None => None,
     };
+    let after = match before {
+        Some(_) => super::prom::scrape(&t.http).await,
+        None => None,
+    };
+    let requests = tally.requests;
     let mut m = Measurement::new(metric, repeat, tally, elapsed, usage);
+    if let (Some(before), Some(after)) = (before, after) {
+        let counted = before.delta(&after, requests);
+        m.db_queries_per_request = counted.db_queries_per_request;
+        m.cache_hit_ratio = counted.cache_hit_ratio;
+    }
     m.note = note;
     Ok(Some(m))
 }
@@ -773,10 +798,12 @@ async fn execute(
             let op = Arc::new(op);
             concurrent(c, WARMUP, u64::MAX, op.clone()).await;
             let (tally, elapsed) = concurrent(c, d, u64::MAX, op).await;
-            // A registry that challenges anonymous pulls makes every request carry a token.
+            // A registry that challenges anonymous requests (Docker token auth, where even a public
+            // pull carries an anonymous or user token) makes every request carry a token.
             let note = note.map(|n| {
                 if n == "anonymous" && http.has_auth(&scope_key) {
-                    "with a token: anonymous pulls were refused".to_owned()
+                    "with a token: the registry challenges anonymous requests (Docker token flow)"
+                        .to_owned()
                 } else {
                     n
                 }
