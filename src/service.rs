@@ -180,6 +180,8 @@ pub struct Registry {
     verified_tokens: LocalCache<[u8; 32], crate::auth::Claims>,
     /// Tags, manifests, blob metadata and authorization facts (moka, and Redis when configured).
     caches: caching::RegistryCaches,
+    /// Bounds concurrent argon2 jobs (see `Registry::password_work`).
+    password_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl Registry {
@@ -206,6 +208,9 @@ impl Registry {
             logins,
             verified_tokens: LocalCache::new(10_000, std::time::Duration::from_secs(30)),
             caches: caching::RegistryCaches::new(caches),
+            password_gate: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
         })
     }
 

@@ -91,19 +91,35 @@ impl Registry {
         &self.tokens
     }
 
-    /// Hashes a password with argon2id on the blocking pool.
-    pub(crate) async fn hash_password(&self, pw: &str) -> Result<String> {
-        let pw = pw.to_owned();
-        tokio::task::spawn_blocking(move || password::hash_password(&pw))
+    /// Runs argon2 work on the blocking pool, at most one job per core at a time. Each job holds
+    /// 19 MiB of memory, so a burst of logins (64 clients fetching tokens at once) queues here
+    /// instead of growing the process by a gigabyte and starving the other requests of CPU.
+    pub(crate) async fn password_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .password_gate
+            .acquire()
             .await
-            .map_err(|e| Error::Internal(e.into()))?
+            .map_err(|e| Error::Internal(e.into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
             .map_err(|e| Error::Internal(e.into()))
     }
 
-    async fn check_password(&self, pw: &str, user: Option<&UserRow>) -> Result<bool> {
+    /// Hashes a password with argon2id.
+    pub(crate) async fn hash_password(&self, pw: &str) -> Result<String> {
         let pw = pw.to_owned();
-        let hash = user.map(|u| u.password_hash.clone());
-        tokio::task::spawn_blocking(move || match hash {
+        self.password_work(move || password::hash_password(&pw))
+            .await?
+            .map_err(|e| Error::Internal(e.into()))
+    }
+
+    /// Whether `pw` is the password of `user` (of the stored hash `hash`, when there is a user).
+    pub(crate) async fn check_password(&self, pw: &str, hash: Option<&str>) -> Result<bool> {
+        let (pw, hash) = (pw.to_owned(), hash.map(str::to_owned));
+        self.password_work(move || match hash {
             Some(h) => password::verify_password(&pw, &h),
             None => {
                 // Unknown users take as long as known ones: no enumeration by timing.
@@ -112,7 +128,6 @@ impl Registry {
             }
         })
         .await
-        .map_err(|e| Error::Internal(e.into()))
     }
 
     /// Authenticates `username` with a password or an API key secret. Failures are counted per
@@ -164,7 +179,10 @@ impl Registry {
             _ => {
                 let user = self.identity.user_by_name(username).await?;
                 if self
-                    .check_password(secret_or_password, user.as_ref())
+                    .check_password(
+                        secret_or_password,
+                        user.as_ref().map(|u| u.password_hash.as_str()),
+                    )
                     .await?
                 {
                     user.as_ref().map(identity_of)

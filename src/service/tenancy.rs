@@ -191,7 +191,10 @@ impl Registry {
             .user_by_id(&caller.user_id)
             .await?
             .ok_or(Error::Unauthorized)?;
-        if !self.check_password_of(&user, current).await? {
+        if !self
+            .check_password(current, Some(&user.password_hash))
+            .await?
+        {
             return Err(Error::Denied);
         }
         valid_password(new)?;
@@ -207,13 +210,6 @@ impl Registry {
             .await?;
         self.tenancy_changed().await;
         Ok(())
-    }
-
-    async fn check_password_of(&self, user: &UserRow, pw: &str) -> Result<bool> {
-        let (pw, hash) = (pw.to_owned(), user.password_hash.clone());
-        tokio::task::spawn_blocking(move || crate::auth::password::verify_password(&pw, &hash))
-            .await
-            .map_err(|e| Error::Internal(e.into()))
     }
 
     /// Deletes a user (themselves or a site admin).

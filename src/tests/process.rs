@@ -1,5 +1,6 @@
 //! The process as an operator sees it: configuration errors, `config check`, health endpoints,
-//! graceful shutdown, and bounded memory while a 1 GiB blob streams through.
+//! graceful shutdown, and bounded memory while a 1 GiB blob streams through or a burst of logins
+//! checks passwords.
 
 use std::process::Command;
 
@@ -184,4 +185,41 @@ async fn prometheus_metrics_count_requests_and_bytes() {
     ] {
         assert!(has(needle), "{needle} missing from:\n{text}");
     }
+}
+
+/// Every password check holds 19 MiB of argon2 memory. A burst of 48 token requests with
+/// passwords to check (unknown users: nothing is cached, and each still pays a full argon2 run so
+/// timing tells nothing) must queue for a few workers rather than run all at once, which would
+/// peak near a gigabyte.
+#[tokio::test]
+async fn a_burst_of_password_checks_stays_within_bounded_memory() {
+    const CLIENTS: usize = 48;
+    let node = node().await;
+    let http = reqwest::Client::new();
+    let before = peak_rss_kib(node.pid());
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let (http, url) = (http.clone(), node.url());
+        tasks.push(tokio::spawn(async move {
+            http.get(format!(
+                "{url}/auth/token?service=aerugo&scope=repository:burst/r:pull"
+            ))
+            .basic_auth(format!("nobody-{i}"), Some("wrong-password"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let peak = peak_rss_kib(node.pid());
+    let line = format!(
+        "peak RSS of aerugo through {CLIENTS} concurrent password checks: {} MiB (before: {} MiB)",
+        peak / 1024,
+        before / 1024
+    );
+    println!("{line}");
+    assert!(peak < before + 160 * 1024, "{line}");
 }
