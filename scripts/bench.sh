@@ -63,9 +63,10 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 if [ -z "${AERUGO_BIN:-}" ]; then
     cargo build --release --quiet -p aerugo --bin aerugo
 fi
-cargo build --release --quiet -p aerugo-testkit --bin aerugo-bench
+cargo build --release --quiet -p aerugo-testkit --bin aerugo-bench --bin aerugo-s3
 AERUGO="${AERUGO_BIN:-$TARGET_DIR/release/aerugo}"
 BENCH="$TARGET_DIR/release/aerugo-bench"
+S3SERVER="$TARGET_DIR/release/aerugo-s3"
 
 # --- Servers --------------------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/aerugo-bench.XXXXXX)
@@ -86,12 +87,18 @@ cleanup() {
     if [ -n "$AERUGO_PG_PID" ]; then
         psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true
     fi
+    if [ -n "$AERUGO_S3_PID" ]; then
+        psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS ${PG_DB}_s3" >/dev/null 2>&1 || true
+        redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_PREFIX:*" 2>/dev/null |
+            xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mapfile -t ports < <("$BENCH" free-ports 4)
-P_AERUGO=${ports[0]} P_DIST=${ports[1]} P_NGINX=${ports[2]} P_AERUGO_PG=${ports[3]}
+AERUGO_PG_PID="" AERUGO_S3_PID=""
+mapfile -t ports < <("$BENCH" free-ports 5)
+P_AERUGO=${ports[0]} P_DIST=${ports[1]} P_NGINX=${ports[2]} P_AERUGO_PG=${ports[3]} P_AERUGO_S3=${ports[4]}
 
 log "starting Aerugo (SQLite + filesystem) on 127.0.0.1:$P_AERUGO"
 mkdir -p "$WORK/aerugo"
@@ -120,7 +127,6 @@ PIDS+=("$AERUGO_PID")
 # its own on AERUGO_BENCH_DATABASE_URL's server (default: the local one, trust auth), dropped on exit.
 PG_ADMIN_URL="${AERUGO_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PG_DB="aerugo_bench_$$"
-AERUGO_PG_PID=""
 if command -v psql >/dev/null && psql "$PG_ADMIN_URL" -qAtc "CREATE DATABASE $PG_DB" >/dev/null 2>&1; then
     log "starting Aerugo (PostgreSQL + filesystem) on 127.0.0.1:$P_AERUGO_PG"
     mkdir -p "$WORK/aerugo-pg"
@@ -133,6 +139,34 @@ if command -v psql >/dev/null && psql "$PG_ADMIN_URL" -qAtc "CREATE DATABASE $PG
     PIDS+=("$AERUGO_PG_PID")
 else
     log "no PostgreSQL at $PG_ADMIN_URL (or psql missing): the PostgreSQL column is skipped"
+fi
+
+# The stateless-node setup: metadata on PostgreSQL, blobs in S3 (the testkit's s3s-fs server, which
+# checks SigV4 signatures; blob GETs answer 307 to a presigned URL on it), and the shared Redis
+# cache tier (AERUGO_BENCH_REDIS_URL, default the local server) under a key prefix of its own.
+REDIS_URL="${AERUGO_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
+REDIS_PREFIX="aerugo-bench-$$"
+if [ -n "$AERUGO_PG_PID" ] && command -v redis-cli >/dev/null &&
+    redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 &&
+    psql "$PG_ADMIN_URL" -qAtc "CREATE DATABASE ${PG_DB}_s3" >/dev/null 2>&1; then
+    mkdir -p "$WORK/aerugo-s3" "$WORK/s3"
+    TMPDIR="$WORK/s3" "$S3SERVER" >"$WORK/s3.env" 2>"$WORK/s3.log" &
+    PIDS+=("$!")
+    for _ in $(seq 100); do grep -q STORAGE__SECRET "$WORK/s3.env" 2>/dev/null && break; sleep 0.1; done
+    log "starting Aerugo (PostgreSQL + S3 + Redis) on 127.0.0.1:$P_AERUGO_S3"
+    (
+        # shellcheck disable=SC1091
+        . "$WORK/s3.env"
+        export AERUGO_SERVER__LISTEN_ADDRESS="127.0.0.1:$P_AERUGO_S3" \
+            AERUGO_DATABASE__URL="${PG_ADMIN_URL%/*}/${PG_DB}_s3" \
+            AERUGO_AUTH__SIGNING_KEY_FILE="$WORK/aerugo-s3/token-key.pem" \
+            AERUGO_CACHE__REDIS_URL="$REDIS_URL" AERUGO_CACHE__KEY_PREFIX="$REDIS_PREFIX"
+        exec "$AERUGO" serve
+    ) >"$WORK/aerugo-s3.log" 2>&1 &
+    AERUGO_S3_PID=$!
+    PIDS+=("$AERUGO_S3_PID")
+else
+    log "no PostgreSQL or Redis at $REDIS_URL: the PostgreSQL + S3 + Redis column is skipped"
 fi
 
 log "starting distribution $("$REGISTRY" --version | awk '{print $3}') on 127.0.0.1:$P_DIST"
@@ -204,6 +238,10 @@ if [ -n "$AERUGO_PG_PID" ]; then
     "$BENCH" wait "http://127.0.0.1:$P_AERUGO_PG/v2/" --timeout 60 ||
         die "Aerugo on PostgreSQL did not start: $(tail -5 "$WORK/aerugo-pg.log")"
 fi
+if [ -n "$AERUGO_S3_PID" ]; then
+    "$BENCH" wait "http://127.0.0.1:$P_AERUGO_S3/v2/" --timeout 60 ||
+        die "Aerugo on PostgreSQL + S3 + Redis did not start: $(tail -5 "$WORK/aerugo-s3.log")"
+fi
 "$BENCH" wait "http://127.0.0.1:$P_DIST/v2/" --timeout 60 ||
     die "distribution did not start: $(tail -5 "$WORK/distribution.log")"
 "$BENCH" wait "http://127.0.0.1:$P_NGINX/" --timeout 60 ||
@@ -272,6 +310,11 @@ fi
 if [ -n "$AERUGO_PG_PID" ]; then
     if [ "$QUICK" = 1 ]; then args+=(--max-entries aerugo-pg=1000); else args+=(--max-entries aerugo-pg=10000); fi
 fi
+# S3 has no fsync to speak of: its push rate is judged against one core's SHA-256 rate.
+if [ -n "$AERUGO_S3_PID" ]; then
+    args+=(--target "aerugo-s3=http://127.0.0.1:$P_AERUGO_S3" --pid "aerugo-s3=$AERUGO_S3_PID")
+    if [ "$QUICK" = 1 ]; then args+=(--max-entries aerugo-s3=1000); else args+=(--max-entries aerugo-s3=10000); fi
+fi
 log "running the workloads (this takes a while; progress below)"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
@@ -280,7 +323,7 @@ elapsed=$(($(date +%s) - started))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 cp "$JSON" target/bench/latest.json
 
-for pid in "$AERUGO_PID" "$DIST_PID" $AERUGO_PG_PID; do
+for pid in "$AERUGO_PID" "$DIST_PID" $AERUGO_PG_PID $AERUGO_S3_PID; do
     kill -0 "$pid" 2>/dev/null || die "a server died during the run (pid $pid); see $WORK"
 done
 
@@ -308,6 +351,9 @@ if [ "$QUICK" = 1 ]; then mode="quick (--quick)"; fi
     echo "- Aerugo: commit $rev, $(rustc --version | awk '{print $1, $2}'), release build; embedded mode (SQLite + filesystem in a temporary directory), \`AERUGO_LOG=warn\`, $AUTH_NOTE."
     if [ -n "$AERUGO_PG_PID" ]; then
         echo "- aerugo-pg: the same binary with its metadata on PostgreSQL $(psql "$PG_ADMIN_URL" -qAtc 'SHOW server_version' 2>/dev/null) on this machine (SERIALIZABLE writes, TCP on loopback), blobs on the filesystem."
+    fi
+    if [ -n "$AERUGO_S3_PID" ]; then
+        echo "- aerugo-s3: the stateless-node setup, one node: metadata on the same PostgreSQL, blobs in S3 (the testkit's \`s3s-fs\` 0.14.1 server on loopback, which checks SigV4 signatures; blob GETs answer 307 to a presigned URL and the client downloads from S3), cache tier 2 on Redis $(redis-cli -u "$REDIS_URL" info server 2>/dev/null | sed -n 's/^redis_version:\(.*\)\r*$/\1/p'). \`s3s-fs\` is a test server (it also runs on this machine's two cores), so this column's blob rates measure it as much as Aerugo."
     fi
     echo "- CNCF distribution: $("$REGISTRY" --version | awk '{print $3}') (Debian package \`docker-registry\`), filesystem storage, delete enabled, in-memory blob descriptor cache, no access log."
     echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'), \`sendfile on\`, no access log, one worker per core."
