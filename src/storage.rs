@@ -168,6 +168,14 @@ impl Storage {
         Ok(stream.map_err(std::io::Error::other).boxed())
     }
 
+    /// Joins the objects `parts`, in order, into the new object `dest`; returns its size.
+    pub async fn concat(&self, parts: &[String], dest: &str) -> Result<u64> {
+        let start = std::time::Instant::now();
+        let result = self.store.concat(parts, dest).await;
+        observe("concat", start, &result);
+        Ok(result?)
+    }
+
     /// Deletes one object.
     pub async fn delete(&self, key: &str) -> Result<()> {
         let start = std::time::Instant::now();

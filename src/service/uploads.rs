@@ -433,21 +433,15 @@ impl Registry {
     }
 
     /// Produces the single object holding the whole blob: the only part as is, or the parts
-    /// joined in order into a new object (streamed, never buffered whole).
+    /// joined in order into a new object (by the backend: in the kernel on `fs`, streamed through
+    /// the node elsewhere, never buffered whole).
     async fn assemble(&self, row: &UploadRow) -> Result<String> {
         match row.parts.as_slice() {
             [only] => Ok(only.storage_key.clone()),
             parts => {
                 let key = Storage::joined_key(&row.id);
-                let mut writer = self.storage.writer(&key).await?;
-                for part in parts {
-                    let mut stream = self.storage.read(&part.storage_key, None).await?;
-                    while let Some(chunk) = stream.next().await {
-                        let chunk = chunk.map_err(|e| Error::Internal(e.into()))?;
-                        writer.write(chunk).await?;
-                    }
-                }
-                writer.finish().await?;
+                let keys: Vec<String> = parts.iter().map(|p| p.storage_key.clone()).collect();
+                self.storage.concat(&keys, &key).await?;
                 Ok(key)
             }
         }

@@ -143,6 +143,47 @@ pub async fn run(store: &dyn BlobStore) {
     );
     store.delete("conf/c/big").await.unwrap();
 
+    // Concatenation: parts in order (an empty one included) into a new object; the parts stay.
+    let pieces: [Vec<u8>; 3] = [
+        (0..100_000u32).map(|i| (i % 241) as u8).collect(),
+        Vec::new(),
+        (0..300_001u32).map(|i| (i % 239) as u8).collect(),
+    ];
+    let mut keys = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let key = format!("conf/d/part-{i}");
+        let mut w = store.writer(&key).await.unwrap();
+        if !piece.is_empty() {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        keys.push(key);
+    }
+    let joined = pieces.concat();
+    assert_eq!(
+        store.concat(&keys, "conf/e/joined").await.unwrap(),
+        joined.len() as u64,
+        "concat reports the size"
+    );
+    assert!(
+        read_all(store, "conf/e/joined", None).await == joined,
+        "concat joins the parts in order"
+    );
+    assert_eq!(store.size(&keys[2]).await.unwrap(), Some(300_001));
+    // A missing part fails the whole concatenation and leaves nothing under the key.
+    let with_missing = [keys[0].clone(), "conf/d/missing".to_owned()];
+    assert!(
+        matches!(
+            store.concat(&with_missing, "conf/e/broken").await,
+            Err(Error::NotFound(_))
+        ),
+        "concat of a missing part is NotFound"
+    );
+    assert_eq!(store.size("conf/e/broken").await.unwrap(), None);
+    for key in keys.iter().chain([&"conf/e/joined".to_owned()]) {
+        store.delete(key).await.unwrap();
+    }
+
     // Deletes.
     store.delete("conf/a/object").await.unwrap();
     store.delete("conf/a/object").await.unwrap();

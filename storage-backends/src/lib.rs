@@ -91,6 +91,41 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
         let _ = (key, expiry);
         Ok(None)
     }
+    /// Writes the objects `parts`, in order, into one new object `dest` and returns its size;
+    /// the parts stay. Like any write, `dest` becomes readable only once complete. By default the
+    /// bytes stream through this process; backends with a cheaper way override it.
+    async fn concat(&self, parts: &[String], dest: &str) -> Result<u64> {
+        concat_streamed(self, parts, dest).await
+    }
+}
+
+/// [`BlobStore::concat`] by streaming every part through this process into a new writer.
+pub async fn concat_streamed<S: BlobStore + ?Sized>(
+    store: &S,
+    parts: &[String],
+    dest: &str,
+) -> Result<u64> {
+    let mut writer = store.writer(dest).await?;
+    for part in parts {
+        let mut stream = match store.read(part, None).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        };
+        while let Some(chunk) = stream.next().await {
+            let written = match chunk {
+                Ok(chunk) => writer.write(chunk).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        }
+    }
+    writer.finish().await
 }
 
 /// How to reach an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...).
@@ -157,6 +192,10 @@ impl S3Options {
 #[derive(Clone)]
 pub struct OpendalStore {
     op: Operator,
+    /// The root directory of an `fs` store, for operations OpenDAL has no call for.
+    fs_root: Option<std::path::PathBuf>,
+    /// Bytes a writer gathers before handing them to the backend.
+    write_chunk: usize,
     /// The operator that signs presigned URLs (S3 only); it may name another endpoint than `op`.
     presigner: Option<Operator>,
     kind: &'static str,
@@ -170,8 +209,11 @@ impl fmt::Debug for OpendalStore {
     }
 }
 
-/// Buffer size for backend writes: large enough for efficient I/O, small enough to bound memory.
-const WRITE_CHUNK: usize = 8 * 1024 * 1024;
+/// Write buffer of S3 stores: one multipart part (S3 wants at least 5 MiB per part but the last).
+const S3_WRITE_CHUNK: usize = 8 * 1024 * 1024;
+/// Write buffer of the other stores: large enough for few system calls, small enough that many
+/// concurrent uploads stay cheap.
+const LOCAL_WRITE_CHUNK: usize = 1024 * 1024;
 
 impl OpendalStore {
     /// A store in a local directory. Writes go to a temporary file first and are renamed into place,
@@ -184,6 +226,8 @@ impl OpendalStore {
             .atomic_write_dir(&tmp.to_string_lossy());
         Ok(Self {
             op: Operator::new(builder)?.finish(),
+            fs_root: Some(root.to_path_buf()),
+            write_chunk: LOCAL_WRITE_CHUNK,
             presigner: None,
             kind: "fs",
         })
@@ -193,6 +237,8 @@ impl OpendalStore {
     pub fn memory() -> Result<Self> {
         Ok(Self {
             op: Operator::new(services::Memory::default())?.finish(),
+            fs_root: None,
+            write_chunk: LOCAL_WRITE_CHUNK,
             presigner: None,
             kind: "memory",
         })
@@ -208,6 +254,8 @@ impl OpendalStore {
         };
         Ok(Self {
             op,
+            fs_root: None,
+            write_chunk: S3_WRITE_CHUNK,
             presigner: Some(presigner),
             kind: "s3",
         })
@@ -252,7 +300,7 @@ fn map_not_found(key: &str, err: opendal::Error) -> Error {
 #[async_trait]
 impl BlobStore for OpendalStore {
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
-        let inner = self.op.writer_with(key).chunk(WRITE_CHUNK).await?;
+        let inner = self.op.writer_with(key).chunk(self.write_chunk).await?;
         Ok(Box::new(OpendalWriter { inner }))
     }
 
@@ -328,6 +376,77 @@ impl BlobStore for OpendalStore {
         let request = presigner.presign_read(key, expiry).await?;
         Ok(Some(request.uri().to_string()))
     }
+
+    async fn concat(&self, parts: &[String], dest: &str) -> Result<u64> {
+        let Some(root) = &self.fs_root else {
+            return concat_streamed(self, parts, dest).await;
+        };
+        let (root, parts, dest) = (root.clone(), parts.to_vec(), dest.to_owned());
+        tokio::task::spawn_blocking(move || fs_concat(&root, &parts, &dest))
+            .await
+            .map_err(|e| {
+                Error::Backend(opendal::Error::new(ErrorKind::Unexpected, e.to_string()))
+            })?
+    }
+}
+
+/// The path of `key` under `root`; keys with `..`, empty or absolute components are refused (the
+/// registry never makes such keys, and this must not reach outside the root even if it did).
+fn fs_path(root: &Path, key: &str) -> Result<std::path::PathBuf> {
+    if key
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(Error::Backend(opendal::Error::new(
+            ErrorKind::Unexpected,
+            format!("refusing unsafe key {key:?}"),
+        )));
+    }
+    Ok(root.join(key))
+}
+
+/// Concatenates files in the kernel (`std::io::copy` between files uses `copy_file_range` on
+/// Linux, which never copies through user space and shares extents on filesystems that can),
+/// into a temporary file that is synced and renamed into place, like OpenDAL's atomic writes.
+fn fs_concat(root: &Path, parts: &[String], dest: &str) -> Result<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let io = |key: &str, e: std::io::Error| -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(key.to_owned())
+        } else {
+            Error::Backend(opendal::Error::new(
+                ErrorKind::Unexpected,
+                format!("{key}: {e}"),
+            ))
+        }
+    };
+    let target = fs_path(root, dest)?;
+    let tmp_dir = root.join(".tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| io(dest, e))?;
+    let tmp = tmp_dir.join(format!(
+        "concat-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut out = std::fs::File::create(&tmp).map_err(|e| io(dest, e))?;
+        let mut total = 0;
+        for part in parts {
+            let mut input = std::fs::File::open(fs_path(root, part)?).map_err(|e| io(part, e))?;
+            total += std::io::copy(&mut input, &mut out).map_err(|e| io(part, e))?;
+        }
+        out.sync_all().map_err(|e| io(dest, e))?;
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(dest, e))?;
+        }
+        std::fs::rename(&tmp, &target).map_err(|e| io(dest, e))?;
+        Ok(total)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
