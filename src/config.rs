@@ -653,6 +653,9 @@ impl Config {
 }
 
 #[cfg(test)]
+mod deployment;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
