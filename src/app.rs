@@ -111,14 +111,22 @@ fn load_keys(config: &Config) -> anyhow::Result<KeySet> {
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
             let pem = generate_signing_pem()?;
+            // Written whole to a private temporary file, then linked under the final name, which
+            // fails if the name exists: nodes starting together on a shared volume never read a
+            // half-written key, and exactly one key wins.
+            let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            match opts.open(path) {
-                Ok(mut f) => {
-                    std::io::Write::write_all(&mut f, pem.as_bytes())
-                        .with_context(|| format!("writing {}", path.display()))?;
+            let written = opts.open(&tmp).and_then(|mut f| {
+                std::io::Write::write_all(&mut f, pem.as_bytes())?;
+                f.sync_all()
+            });
+            let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
                     tracing::info!(path = %path.display(), "created a token signing key");
                     pem.into_bytes()
                 }
@@ -320,5 +328,46 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes started together on a shared volume: every one gets the same, complete key, and the
+    /// file is private to its owner.
+    #[test]
+    fn nodes_starting_together_share_one_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.auth.signing_key_file = dir.path().join("keys/token-signing-key.pem");
+        let racers: Vec<_> = (0..16)
+            .map(|_| {
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    load_keys(&config).map(|keys| keys.signing_kid().to_owned())
+                })
+            })
+            .collect();
+        let kids: std::collections::BTreeSet<String> = racers
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("every node loads the key"))
+            .collect();
+        assert_eq!(kids.len(), 1, "one key for all: {kids:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&config.auth.signing_key_file)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary files left: {left:?}");
     }
 }
