@@ -43,7 +43,49 @@ enum ConfigCommand {
     Check,
 }
 
+/// mimalloc settings Aerugo runs with unless the environment names its own. mimalloc reads them
+/// when the process starts, so they cannot be set from inside; `main` re-executes itself once with
+/// them added (same PID, same arguments).
+/// - `PURGE_DELAY=0`: freed pages go back to the system at once. With the default delay a thread
+///   purges only on its next allocation, so a blocking-pool thread that ran one argon2 job (19 MiB)
+///   and then idled kept that memory resident for good.
+/// - `ARENA_EAGER_COMMIT=0`: arenas are committed as they are used, not up front.
+///
+/// Measured with `aerugo-bench` (release build): idle RSS after the first login 43 → 16 MiB, peak
+/// RSS of a 256 MiB blob push 68 → 26 MiB, manifest GET at 64 clients 50 → 30 MiB, with the same
+/// CPU per request.
+const ALLOCATOR_DEFAULTS: &[(&str, &str)] = &[
+    ("MIMALLOC_PURGE_DELAY", "0"),
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+];
+
+/// Re-executes this program with [`ALLOCATOR_DEFAULTS`] when none of them is set; returns only
+/// when it does not (already set by the operator or by the first run, or the exec failed).
+#[cfg(target_os = "linux")]
+fn apply_allocator_defaults() {
+    use std::os::unix::process::CommandExt as _;
+    if ALLOCATOR_DEFAULTS
+        .iter()
+        .any(|(key, _)| std::env::var_os(key).is_some())
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(ALLOCATOR_DEFAULTS.iter().copied())
+        .exec();
+    // Still here: the exec failed; run with mimalloc's own defaults.
+    eprintln!("aerugo: could not apply the allocator settings ({err}); continuing without them");
+}
+
+#[cfg(not(target_os = "linux"))]
+fn apply_allocator_defaults() {}
+
 fn main() -> ExitCode {
+    apply_allocator_defaults();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

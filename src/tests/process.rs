@@ -223,3 +223,29 @@ async fn a_burst_of_password_checks_stays_within_bounded_memory() {
     println!("{line}");
     assert!(peak < before + 160 * 1024, "{line}");
 }
+
+/// The server re-executes itself once with its allocator settings (mimalloc reads them at start),
+/// keeping its PID, and answers as usual; an operator's own setting is left alone.
+#[tokio::test]
+async fn the_allocator_settings_apply_without_changing_the_pid() {
+    let environ = |pid: u32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+            .split('\0')
+            .filter(|v| v.starts_with("MIMALLOC_"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let node = node().await;
+    let res = send(&node.client(), Method::GET, "/v2/").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut env = environ(node.pid());
+    env.sort();
+    assert_eq!(
+        env,
+        ["MIMALLOC_ARENA_EAGER_COMMIT=0", "MIMALLOC_PURGE_DELAY=0"],
+        "the process the test started runs with the settings"
+    );
+
+    let own = crate::support::node_with(&[("MIMALLOC_PURGE_DELAY", "5")]).await;
+    assert_eq!(environ(own.pid()), ["MIMALLOC_PURGE_DELAY=5"]);
+}
