@@ -430,7 +430,10 @@ pub struct CacheConfig {
     pub key_prefix: String,
     /// Weight budget of the manifest cache in bytes (entries weigh their payload size).
     pub manifest_max_bytes: u64,
-    /// Most entries of each of the other caches (tags, authorization facts, blob metadata).
+    /// Most entries of each of the other caches (tags, authorization facts, blob metadata), per
+    /// node. Each entry costs about 300 bytes; the default keeps a node's hot set small (a 100,000
+    /// repository catalog run peaks at 47 MiB RSS instead of 76 MiB with 100,000). Raise it when
+    /// more than this many repositories, tags or blobs are hot at once.
     pub max_entries: u64,
     /// Lifetime of cached manifests (immutable by digest; dropped on delete), in seconds.
     pub manifest_ttl_seconds: u64,
@@ -457,7 +460,7 @@ impl Default for CacheConfig {
             redis_url: None,
             key_prefix: "aerugo".into(),
             manifest_max_bytes: 64 * 1024 * 1024,
-            max_entries: 100_000,
+            max_entries: 10_000,
             manifest_ttl_seconds: 3600,
             tag_ttl_seconds: 30,
             facts_ttl_seconds: 10,
