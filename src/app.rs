@@ -223,6 +223,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let mut server_stop = stop_rx.clone();
+    // No Nagle delay: a response whose head and streamed body go out in separate writes (every
+    // blob GET) would otherwise wait for the client's delayed ACK, 40 ms per small blob.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(
         listener,
         api::starting_router(startup.clone())
