@@ -98,14 +98,20 @@ impl Registry {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
+        // The permit moves into the job: a request dropped meanwhile (a timeout) does not free
+        // the slot while its argon2 run goes on.
+        let permit = self
             .password_gate
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| Error::Internal(e.into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Error::Internal(e.into()))
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| Error::Internal(e.into()))
     }
 
     /// Hashes a password with argon2id.
