@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use crate::api::{self, ApiState};
 use crate::auth::{KeySet, generate_signing_pem};
 use crate::config::{Config, DatabaseKind, redact_url};
+use crate::jobs::{Clock, Runner};
 use crate::meta::identity::IdentityStore;
 use crate::meta::postgres::PostgresStore;
 use crate::meta::sqlite::SqliteStore;
@@ -247,6 +248,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         built = build_registry(&config, &waiting) => Some(built?),
         _ = stop_rx.wait_for(|stop| *stop) => None,
     };
+    let mut jobs = None;
     if let Some(registry) = registry {
         let registry_handle = registry.clone();
         startup.finish(ApiState {
@@ -257,7 +259,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             public_url: config.server.public_url.clone(),
             metrics,
         });
-        spawn_upload_purge(registry_handle, &config, stop_rx.clone());
+        let node = format!("node-{}", uuid::Uuid::new_v4().simple());
+        tracing::info!(node.id = %node, "starting background jobs");
+        jobs = Some(Runner::standard(registry_handle, node, Clock::Database, &config).spawn());
         if !*stop_rx.borrow() {
             ready.store(true, Ordering::Release);
             tracing::info!(listen_address = %addr, storage = ?config.storage.kind, "aerugo serving");
@@ -265,8 +269,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let _ = stop_rx.wait_for(|stop| *stop).await;
-    // After the signal, in-flight requests get `grace` to finish; then the process exits anyway.
-    match tokio::time::timeout(grace, server).await {
+    // After the signal, in-flight requests and running jobs share `grace` to finish; then the
+    // process exits anyway (claims of unfinished work lapse and other nodes take it).
+    let deadline = tokio::time::Instant::now() + grace;
+    let jobs_drained = async {
+        if let Some(jobs) = jobs {
+            jobs.shutdown(grace).await;
+        }
+    };
+    let (served, ()) = tokio::join!(tokio::time::timeout_at(deadline, server), jobs_drained);
+    match served {
         Ok(joined) => joined.context("server task")?.context("server")?,
         Err(_) => tracing::warn!(
             grace_seconds = grace.as_secs(),
@@ -275,46 +287,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("aerugo stopped");
     Ok(())
-}
-
-/// Runs the purge of abandoned uploads every `registry.upload_purge_interval_seconds` until
-/// shutdown. Every node runs the loop; the lease in the metadata store lets one of them work per
-/// round, and passes to another node when the holder stops renewing it (it lapses after two
-/// intervals).
-fn spawn_upload_purge(
-    registry: Registry,
-    config: &Config,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let max_age = Duration::from_secs(config.registry.upload_max_age_seconds);
-    if max_age.is_zero() {
-        tracing::info!("upload purge off (registry.upload_max_age_seconds = 0)");
-        return;
-    }
-    let interval = Duration::from_secs(config.registry.upload_purge_interval_seconds);
-    let holder = uuid::Uuid::new_v4().to_string();
-    tokio::spawn(async move {
-        // Nodes started together spread their first round over the first interval.
-        let first = interval
-            .mul_f64(rand::random::<f64>())
-            .min(Duration::from_secs(60));
-        let mut next = tokio::time::Instant::now() + first;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(next) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
-            next = tokio::time::Instant::now() + interval;
-            match registry
-                .purge_abandoned_uploads_exclusively(&holder, max_age, interval * 2)
-                .await
-            {
-                Ok(Some(0) | None) => {}
-                Ok(Some(n)) => tracing::info!(purged = n, "upload purge done"),
-                Err(e) => tracing::warn!(error = %e, "upload purge failed; trying again later"),
-            }
-        }
-    });
 }
 
 async fn shutdown_signal() {

@@ -32,6 +32,37 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Caches: moka in process, plus Redis when `cache.redis_url` is set.
     pub cache: CacheConfig,
+    /// Background jobs and the work queue.
+    pub jobs: JobsConfig,
+}
+
+/// Background jobs: queue consumers and periodic jobs, run by every node.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// How often a node looks for due work items when no local write woke it, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How long a claim lasts before the item goes back to the queue (a node that died holding
+    /// it loses nothing), in seconds.
+    pub claim_lease_seconds: u64,
+    /// Items claimed per query.
+    pub batch_size: u32,
+    /// Attempts of a failing item before it is buried (kept as a dead letter for inspection).
+    pub max_attempts: u32,
+    /// How long change records are kept, in hours.
+    pub change_retention_hours: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+            claim_lease_seconds: 60,
+            batch_size: 32,
+            max_attempts: 10,
+            change_retention_hours: 168,
+        }
+    }
 }
 
 /// A secret value: never printed, never in `Debug` output, serialized as `***`.
@@ -574,6 +605,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "registry.upload_purge_interval_seconds",
                 message: "must be positive (turn the purge off with upload_max_age_seconds = 0)"
+                    .into(),
+            });
+        }
+        if self.jobs.poll_interval_ms == 0
+            || self.jobs.claim_lease_seconds == 0
+            || self.jobs.batch_size == 0
+            || self.jobs.max_attempts == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "jobs",
+                message: "poll_interval_ms, claim_lease_seconds, batch_size and max_attempts must \
+                          be positive"
                     .into(),
             });
         }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod jobs;
 pub mod meta;
 pub mod oci;
 pub mod service;

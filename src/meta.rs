@@ -18,12 +18,20 @@ use async_trait::async_trait;
 
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
+pub mod changes;
 #[cfg(test)]
 mod conformance;
+mod content;
 pub mod identity;
 pub mod migrate;
 pub mod postgres;
+pub mod queue;
+mod sql;
 pub mod sqlite;
+
+pub use changes::Change;
+pub use queue::{BuriedItem, NewWork, TopicStats, WorkItem};
+use queue::{Op, Out};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +126,9 @@ pub struct NewBlob {
     pub digest: Digest,
     /// Size in bytes.
     pub size: u64,
-    /// Where the bytes live.
-    pub storage_key: String,
+    /// Where the bytes live; `None` asks to finish only if the blob exists already (reusing it),
+    /// and otherwise to answer [`BlobCommit::NeedsBytes`] without changing anything.
+    pub storage_key: Option<String>,
 }
 
 /// The result of recording a verified blob.
@@ -129,6 +138,8 @@ pub enum BlobCommit {
     Inserted,
     /// The content already existed; the existing row wins and the new bytes are redundant.
     AlreadyPresent(BlobRow),
+    /// No storage key was given and the blob does not exist: store the bytes, then finish again.
+    NeedsBytes,
 }
 
 /// The result of storing a manifest.
@@ -221,7 +232,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes the session and returns it (with its parts), if it existed in this repository.
     async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<UploadRow>>;
     /// Ends the session (if still at `expected_offset`) and records the verified blob, linked to
-    /// the repository, in one transaction. `None` when the session is gone or has moved on.
+    /// the repository, in one transaction. Whether an existing blob row is reused is decided in
+    /// that transaction. `None` when the session is gone or has moved on. The session's objects
+    /// that no row refers to afterwards are queued for deletion with the change.
     async fn finish_upload(
         &self,
         repo: &RepoName,
@@ -254,15 +267,177 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<ReferrerRow>>>;
 
-    /// Takes the lease `name` for `holder` until `ttl_ms` from now when it is free, expired or
+    /// Runs one operation of the work queue, the leases or the change log (`meta::queue`), in
+    /// the transaction kind it needs. The typed methods below are the way to call it.
+    async fn queue(&self, op: Op) -> Result<Out>;
+
+    /// The database's clock in milliseconds since the Unix epoch: the one clock of leases and
+    /// claims, so nodes with skewed clocks still agree.
+    async fn database_now(&self) -> Result<i64> {
+        match self.queue(Op::Now).await? {
+            Out::Int(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Enqueues work outside a write (writes enqueue through their change records).
+    async fn enqueue_work(&self, items: Vec<NewWork>, now: i64) -> Result<()> {
+        self.queue(Op::Enqueue { items, now }).await.map(|_| ())
+    }
+
+    /// Claims at most `limit` due items of `topic` for `holder` until `now + lease_ms`. Concurrent
+    /// claimers never get the same item while its claim lasts.
+    async fn claim_work(
+        &self,
+        topic: &str,
+        holder: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<WorkItem>> {
+        let op = Op::Claim {
+            topic: topic.to_owned(),
+            holder: holder.to_owned(),
+            now,
+            lease_ms,
+            limit,
+        };
+        match self.queue(op).await? {
+            Out::Items(items) => Ok(items),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Completes a claimed item; `false` when it was re-armed meanwhile (it runs again).
+    async fn complete_work(&self, item: &WorkItem, holder: &str) -> Result<bool> {
+        let op = Op::Complete {
+            item: item.clone(),
+            holder: holder.to_owned(),
+        };
+        match self.queue(op).await? {
+            Out::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Records a failed attempt: due again at `retry_at`, or buried when `None`.
+    async fn fail_work(
+        &self,
+        item: &WorkItem,
+        holder: &str,
+        now: i64,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
+        let op = Op::Fail {
+            item: item.clone(),
+            holder: holder.to_owned(),
+            now,
+            error: error.to_owned(),
+            retry_at,
+        };
+        self.queue(op).await.map(|_| ())
+    }
+
+    /// Depth, oldest age and dead letters per topic.
+    async fn queue_stats(&self, now: i64) -> Result<Vec<TopicStats>> {
+        match self.queue(Op::Stats { now }).await? {
+            Out::Stats(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Dead letters in (topic, key) order after `after`, at most `limit`.
+    async fn buried_work(
+        &self,
+        topic: Option<&str>,
+        after: Option<(String, String)>,
+        limit: u32,
+    ) -> Result<Vec<BuriedItem>> {
+        let op = Op::Buried {
+            topic: topic.map(str::to_owned),
+            after,
+            limit,
+        };
+        match self.queue(op).await? {
+            Out::Buried(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Makes a dead letter due again; `false` when there is none under that topic and key.
+    async fn requeue_work(&self, topic: &str, key: &str, now: i64) -> Result<bool> {
+        let op = Op::Requeue {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            now,
+        };
+        match self.queue(op).await? {
+            Out::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Takes the lease `name` for `holder` until `now + ttl_ms` when it is free, expired or
     /// already `holder`'s (a renewal); `true` when `holder` holds it afterwards. Exactly one of
     /// several concurrent callers wins a free lease.
-    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let op = Op::AcquireLease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            now,
+            ttl_ms,
+        };
+        match self.queue(op).await? {
+            Out::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Gives up `holder`'s lease (on shutdown).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let op = Op::ReleaseLease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+        };
+        self.queue(op).await.map(|_| ())
+    }
+
+    /// Deletes change records older than `before`, at most `limit`; how many went.
+    async fn prune_changes(&self, before: i64, limit: u32) -> Result<u64> {
+        match self.queue(Op::PruneChanges { before, limit }).await? {
+            Out::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The newest change records, newest first.
+    async fn recent_changes(&self, limit: u32) -> Result<Vec<Change>> {
+        match self.queue(Op::RecentChanges { limit }).await? {
+            Out::Changes(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+    /// Deletes a repository's tags, manifests, links, grants and upload sessions and the
+    /// repository itself, queueing the sessions' stored objects for deletion (blobs stay for
+    /// garbage collection); `false` when unknown.
+    async fn delete_repository(&self, repo: &RepoName) -> Result<bool>;
+
     /// Upload sessions last advanced before `before` (milliseconds), oldest first, at most `limit`.
     async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>>;
     /// Deletes an upload session and its parts if it still has not advanced since `before`;
     /// `true` when it was deleted. A session that moved on in the meantime is kept.
     async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool>;
+}
+
+fn unexpected(out: &Out) -> Error {
+    Error::Corrupt(format!("the queue answered {out:?} to another question"))
 }
 
 /// Milliseconds since the Unix epoch, the time unit of stored timestamps.

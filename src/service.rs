@@ -22,11 +22,14 @@ mod listing;
 mod manifests;
 mod tenancy;
 mod uploads;
+mod work;
 
+pub use crate::meta::changes::DISCARD_TOPIC;
 /// Rows of the identity store the management API renders (into its own view types).
 pub use crate::meta::identity::{
     ApiKeyRow, GrantRow, MemberRow, OrgRow, RepoSummary, TagSummary, TeamRow, UserRow, Visibility,
 };
+pub use crate::meta::{BuriedItem, TopicStats, WorkItem};
 pub use access::{Action, Identity, KeyRestriction, KeyScope, Principal};
 pub use auth::{IssuedToken, TokenSettings};
 pub use blobs::{BlobRead, ByteRange};
@@ -182,6 +185,8 @@ pub struct Registry {
     caches: caching::RegistryCaches,
     /// Bounds concurrent argon2 jobs (see `Registry::password_work`).
     password_gate: Arc<tokio::sync::Semaphore>,
+    /// Wakes this node's queue consumers after a write queued work (`Registry::work_queued`).
+    work_ready: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Registry {
@@ -211,6 +216,7 @@ impl Registry {
             password_gate: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
+            work_ready: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 

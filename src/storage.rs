@@ -143,9 +143,12 @@ impl Storage {
         format!("objects/{upload_id}/{offset:020}-{nonce:016x}")
     }
 
-    /// The key of a multi-part upload's joined object.
+    /// A fresh key for a multi-part upload's joined object. Every finish joins into a key of
+    /// its own, so two finishes of one session never write the same object (the loser would
+    /// otherwise overwrite a blob the winner committed).
     pub fn joined_key(upload_id: &str) -> String {
-        format!("objects/{upload_id}/joined")
+        let nonce: u64 = rand::random();
+        format!("objects/{upload_id}/joined-{nonce:016x}")
     }
 
     /// Starts writing `key`.

@@ -13,6 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "app",
         &[
             "api",
+            "jobs",
             "service",
             "meta",
             "storage",
@@ -22,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("api", &["service", "auth", "oci", "config"]),
+    ("jobs", &["service", "config"]),
     (
         "service",
         &["meta", "storage", "cache", "auth", "oci", "config"],

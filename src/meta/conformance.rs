@@ -8,6 +8,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+mod queue;
+
 use super::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, NamespaceKind, NewUser, RefreshTokenRow,
     UserRow, UserUpdate, Visibility,
@@ -23,6 +25,9 @@ use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// Tasks racing in the concurrency bodies.
 const RACERS: usize = 16;
+
+/// A fixed time for lease bodies.
+const NOW: i64 = 1_000_000_000_000;
 
 fn repo(name: &str) -> RepoName {
     name.parse().expect("valid repository name")
@@ -78,7 +83,7 @@ async fn push_blob(store: &dyn MetaStore, r: &RepoName, seed: &str, size: u64) -
     let blob = NewBlob {
         digest: d.clone(),
         size,
-        storage_key: key,
+        storage_key: Some(key),
     };
     store
         .finish_upload(r, &id, size, &blob)
@@ -86,25 +91,6 @@ async fn push_blob(store: &dyn MetaStore, r: &RepoName, seed: &str, size: u64) -
         .unwrap()
         .unwrap();
     d
-}
-
-/// Every body, in order, on one fresh store.
-pub(crate) async fn run_all(store: Arc<dyn MetaStore>) {
-    let s = store.as_ref();
-    empty_store_answers(s).await;
-    listings_are_in_byte_order_and_page_by_keyset(s).await;
-    uploads_advance_by_compare_and_set(s).await;
-    finishing_an_upload_records_and_links_the_blob(s).await;
-    mounts_link_only_what_the_source_holds(s).await;
-    refused_manifest_pushes_write_nothing(s).await;
-    manifests_tags_and_indexes(s).await;
-    referenced_content_cannot_be_removed(s).await;
-    referrers_filter_by_artifact_type(s).await;
-    concurrent_advances_have_one_winner(&store).await;
-    concurrent_pushes_to_one_tag_all_land(&store).await;
-    concurrent_repository_creation_and_blob_commits(&store).await;
-    stale_uploads_and_their_removal(s).await;
-    leases_have_one_holder(&store).await;
 }
 
 async fn empty_store_answers(s: &dyn MetaStore) {
@@ -148,7 +134,7 @@ async fn empty_store_answers(s: &dyn MetaStore) {
     let blob = NewBlob {
         digest: d.clone(),
         size: 1,
-        storage_key: "k".into(),
+        storage_key: Some("k".into()),
     };
     assert!(
         s.finish_upload(&r, "no-such-upload", 0, &blob)
@@ -307,7 +293,7 @@ async fn finishing_an_upload_records_and_links_the_blob(s: &dyn MetaStore) {
     let blob = NewBlob {
         digest: d.clone(),
         size: 4,
-        storage_key: "objects/f1/0".into(),
+        storage_key: Some("objects/f1/0".into()),
     };
     assert!(
         s.finish_upload(&r, "f1", 3, &blob).await.unwrap().is_none(),
@@ -356,7 +342,7 @@ async fn finishing_an_upload_records_and_links_the_blob(s: &dyn MetaStore) {
             .unwrap()
     );
     let again = NewBlob {
-        storage_key: "objects/f2/0".into(),
+        storage_key: Some("objects/f2/0".into()),
         ..blob
     };
     assert_eq!(
@@ -774,7 +760,7 @@ async fn concurrent_repository_creation_and_blob_commits(store: &Arc<dyn MetaSto
             let blob = NewBlob {
                 digest: digest("race-same-content"),
                 size: 9,
-                storage_key: key,
+                storage_key: Some(key),
             };
             store.finish_upload(&r, &id, 9, &blob).await
         }));
@@ -787,7 +773,7 @@ async fn concurrent_repository_creation_and_blob_commits(store: &Arc<dyn MetaSto
             Some(BlobCommit::AlreadyPresent(row)) => {
                 present.insert(row.storage_key);
             }
-            None => panic!("every session was at its offset"),
+            None | Some(BlobCommit::NeedsBytes) => panic!("every session was at its offset"),
         }
     }
     assert_eq!(inserted, 1, "exactly one upload records the content");
@@ -858,27 +844,41 @@ async fn stale_uploads_and_their_removal(s: &dyn MetaStore) {
 
 async fn leases_have_one_holder(store: &Arc<dyn MetaStore>) {
     let s = store.as_ref();
-    assert!(s.try_acquire_lease("job", "node-a", 60_000).await.unwrap());
-    assert!(!s.try_acquire_lease("job", "node-b", 60_000).await.unwrap());
     assert!(
-        s.try_acquire_lease("job", "node-a", 60_000).await.unwrap(),
+        s.try_acquire_lease("job", "node-a", NOW, 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.try_acquire_lease("job", "node-b", NOW, 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.try_acquire_lease("job", "node-a", NOW, 60_000)
+            .await
+            .unwrap(),
         "the holder renews its lease"
     );
     // Leases are independent by name.
     assert!(
-        s.try_acquire_lease("other-job", "node-b", 60_000)
+        s.try_acquire_lease("other-job", "node-b", NOW, 60_000)
             .await
             .unwrap()
     );
     // An expired lease goes to whoever asks next.
-    assert!(s.try_acquire_lease("lapsed", "node-a", -1).await.unwrap());
     assert!(
-        s.try_acquire_lease("lapsed", "node-b", 60_000)
+        s.try_acquire_lease("lapsed", "node-a", NOW, 0)
             .await
             .unwrap()
     );
     assert!(
-        !s.try_acquire_lease("lapsed", "node-a", 60_000)
+        s.try_acquire_lease("lapsed", "node-b", NOW, 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.try_acquire_lease("lapsed", "node-a", NOW, 60_000)
             .await
             .unwrap()
     );
@@ -888,7 +888,7 @@ async fn leases_have_one_holder(store: &Arc<dyn MetaStore>) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .try_acquire_lease("contended", &format!("racer-{i}"), 60_000)
+                .try_acquire_lease("contended", &format!("racer-{i}"), NOW, 60_000)
                 .await
         }));
     }
@@ -899,15 +899,6 @@ async fn leases_have_one_holder(store: &Arc<dyn MetaStore>) {
         }
     }
     assert_eq!(holders, 1, "exactly one racer takes a free lease");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("meta.db"))
-        .await
-        .unwrap();
-    run_all(Arc::new(store)).await;
 }
 
 /// The store configuration for the database at `url`, otherwise the defaults.
@@ -926,24 +917,6 @@ pub(crate) async fn postgres_store() -> (PostgresStore, aerugo_testkit::postgres
         .expect("a PostgreSQL server for the metadata tests");
     let store = PostgresStore::open(&pg_config(db.url())).await.unwrap();
     (store, db)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_conforms() {
-    let (store, db) = postgres_store().await;
-    run_all(Arc::new(store.clone())).await;
-    drop(store);
-    db.drop_now().await.unwrap();
-}
-
-// The identity store's bodies: run on the same backends, each on a fresh store.
-
-/// Every identity body, in order, on one fresh store (`meta` and `ids` are the same backend).
-pub(crate) async fn run_identity(meta: &dyn MetaStore, ids: &dyn IdentityStore) {
-    users_share_one_namespace_and_list_in_byte_order(ids).await;
-    orgs_teams_and_memberships(ids).await;
-    repository_access_facts_and_grants(meta, ids).await;
-    api_keys_refresh_tokens_and_login_failures(ids).await;
 }
 
 fn new_user(name: &str) -> NewUser {
@@ -1247,15 +1220,16 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     let refused = ids.delete_org(&corp.id).await.unwrap().unwrap_err();
     assert!(refused.contains("corp"), "{refused}");
 
-    assert!(ids.delete_repository("corp/api").await.unwrap());
-    assert!(!ids.delete_repository("corp/api").await.unwrap());
+    let name = |n: &str| n.parse::<RepoName>().unwrap();
+    assert!(meta.delete_repository(&name("corp/api")).await.unwrap());
+    assert!(!meta.delete_repository(&name("corp/api")).await.unwrap());
     assert!(ids.repository("corp/api").await.unwrap().is_none());
     assert!(ids.grants("corp/api").await.unwrap().is_empty());
     assert!(!meta.repository_exists(&r).await.unwrap());
-    assert!(ids.delete_repository("corp/web").await.unwrap());
+    assert!(meta.delete_repository(&name("corp/web")).await.unwrap());
     // "corpus/x" is not in "corp".
     assert_eq!(ids.delete_org(&corp.id).await.unwrap(), Ok(true));
-    assert!(ids.delete_repository("carol/app").await.unwrap());
+    assert!(meta.delete_repository(&name("carol/app")).await.unwrap());
     assert_eq!(ids.delete_user(&carol.id).await.unwrap(), Ok(true));
 }
 
@@ -1345,19 +1319,122 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
     assert!(ids.refresh_token("t1").await.unwrap().is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_identity_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("meta.db"))
-        .await
-        .unwrap();
-    run_identity(&store, &store).await;
+/// Runs the body `name` on a fresh store (`meta` and `ids` are the same backend).
+async fn body(name: &str, meta: Arc<dyn MetaStore>, ids: Arc<dyn IdentityStore>) {
+    let s = meta.as_ref();
+    match name {
+        "empty_store_answers" => empty_store_answers(s).await,
+        "listings_are_in_byte_order_and_page_by_keyset" => {
+            listings_are_in_byte_order_and_page_by_keyset(s).await;
+        }
+        "uploads_advance_by_compare_and_set" => uploads_advance_by_compare_and_set(s).await,
+        "finishing_an_upload_records_and_links_the_blob" => {
+            finishing_an_upload_records_and_links_the_blob(s).await;
+        }
+        "mounts_link_only_what_the_source_holds" => mounts_link_only_what_the_source_holds(s).await,
+        "refused_manifest_pushes_write_nothing" => refused_manifest_pushes_write_nothing(s).await,
+        "manifests_tags_and_indexes" => manifests_tags_and_indexes(s).await,
+        "referenced_content_cannot_be_removed" => referenced_content_cannot_be_removed(s).await,
+        "referrers_filter_by_artifact_type" => referrers_filter_by_artifact_type(s).await,
+        "concurrent_advances_have_one_winner" => concurrent_advances_have_one_winner(&meta).await,
+        "concurrent_pushes_to_one_tag_all_land" => {
+            concurrent_pushes_to_one_tag_all_land(&meta).await;
+        }
+        "concurrent_repository_creation_and_blob_commits" => {
+            concurrent_repository_creation_and_blob_commits(&meta).await;
+        }
+        "stale_uploads_and_their_removal" => stale_uploads_and_their_removal(s).await,
+        "leases_have_one_holder" => leases_have_one_holder(&meta).await,
+        "concurrent_claims_are_exclusive" => queue::concurrent_claims_are_exclusive(meta).await,
+        "a_lapsed_claim_comes_back" => queue::a_lapsed_claim_comes_back(meta).await,
+        "retries_honour_their_time_and_the_last_failure_buries" => {
+            queue::retries_honour_their_time_and_the_last_failure_buries(meta).await;
+        }
+        "deduplication_never_loses_a_change" => {
+            queue::deduplication_never_loses_a_change(meta).await;
+        }
+        "the_database_clock_and_lease_times" => {
+            queue::the_database_clock_and_lease_times(meta).await;
+        }
+        "every_content_write_records_its_changes" => {
+            queue::every_content_write_records_its_changes(meta).await;
+        }
+        "finishing_decides_reuse_in_its_transaction" => {
+            queue::finishing_decides_reuse_in_its_transaction(meta).await;
+        }
+        "ending_uploads_and_repositories_leaves_nothing_behind" => {
+            queue::ending_uploads_and_repositories_leaves_nothing_behind(meta).await;
+        }
+        "users_share_one_namespace_and_list_in_byte_order" => {
+            users_share_one_namespace_and_list_in_byte_order(ids.as_ref()).await;
+        }
+        "orgs_teams_and_memberships" => orgs_teams_and_memberships(ids.as_ref()).await,
+        "repository_access_facts_and_grants" => {
+            repository_access_facts_and_grants(s, ids.as_ref()).await;
+        }
+        "api_keys_refresh_tokens_and_login_failures" => {
+            api_keys_refresh_tokens_and_login_failures(ids.as_ref()).await;
+        }
+        other => panic!("no conformance body {other}"),
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_identity_conforms() {
-    let (store, db) = postgres_store().await;
-    run_identity(&store, &store).await;
-    drop(store);
-    db.drop_now().await.unwrap();
+/// One test per body and backend, so one failure never hides the others.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::SqliteStore::open(&dir.path().join("meta.db"))
+                        .await
+                        .unwrap();
+                    super::body(stringify!($name), super::Arc::new(store.clone()), super::Arc::new(store))
+                        .await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (store, db) = super::postgres_store().await;
+                    super::body(stringify!($name), super::Arc::new(store.clone()), super::Arc::new(store.clone()))
+                        .await;
+                    drop(store);
+                    db.drop_now().await.unwrap();
+                }
+            )*
+        }
+    };
 }
+
+conformance!(
+    empty_store_answers,
+    listings_are_in_byte_order_and_page_by_keyset,
+    uploads_advance_by_compare_and_set,
+    finishing_an_upload_records_and_links_the_blob,
+    mounts_link_only_what_the_source_holds,
+    refused_manifest_pushes_write_nothing,
+    manifests_tags_and_indexes,
+    referenced_content_cannot_be_removed,
+    referrers_filter_by_artifact_type,
+    concurrent_advances_have_one_winner,
+    concurrent_pushes_to_one_tag_all_land,
+    concurrent_repository_creation_and_blob_commits,
+    stale_uploads_and_their_removal,
+    leases_have_one_holder,
+    concurrent_claims_are_exclusive,
+    a_lapsed_claim_comes_back,
+    retries_honour_their_time_and_the_last_failure_buries,
+    deduplication_never_loses_a_change,
+    the_database_clock_and_lease_times,
+    every_content_write_records_its_changes,
+    finishing_decides_reuse_in_its_transaction,
+    ending_uploads_and_repositories_leaves_nothing_behind,
+    users_share_one_namespace_and_list_in_byte_order,
+    orgs_teams_and_memberships,
+    repository_access_facts_and_grants,
+    api_keys_refresh_tokens_and_login_failures,
+);

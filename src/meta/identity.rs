@@ -300,9 +300,6 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RepoSummary>>;
-    /// Deletes a repository's tags, manifests, links, grants and the repository itself (blobs
-    /// stay for garbage collection); `false` when unknown.
-    async fn delete_repository(&self, repo: &str) -> Result<bool>;
     /// Grants `permission` on `repo` to `subject` (replacing an earlier grant).
     async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool>;
     /// Revokes a grant; `false` when there was none.

@@ -38,7 +38,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::changes::{self, Change, finished_change};
+use super::content;
 use super::migrate::{Migration, POSTGRES};
+use super::queue::{self, Op, OpMode, Out};
+use super::sql::{Db, Engine, SqlError, SqlResult, SqlRow, Val};
 use super::{
     BlobCommit, BlobRow, Delete, Error, ManifestRow, MetaStore, NewBlob, NewManifest, PutManifest,
     ReferrerRow, Result, StaleUpload, UploadPart, UploadRow, now_millis,
@@ -104,6 +108,33 @@ enum Mode {
     Write,
     /// REPEATABLE READ, read-only: one snapshot, no serializable bookkeeping on PostgreSQL.
     Read,
+    /// READ COMMITTED, read-write: the work queue's claims and completions, short transactions
+    /// whose claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`) instead of aborting each
+    /// other as SERIALIZABLE would. CockroachDB runs them SERIALIZABLE unless READ COMMITTED is
+    /// enabled (v23.2+), and the retry loop absorbs the difference.
+    Queue,
+}
+
+/// What a transaction body may fail with: the driver's error, or the shared-SQL seam's (which
+/// wraps the driver's, so serialization failures are still recognised and retried).
+trait BodyError: From<PgError> + Send {
+    /// The driver error to classify (retry or fail), or a store error to fail with.
+    fn split(self) -> std::result::Result<PgError, Error>;
+}
+
+impl BodyError for PgError {
+    fn split(self) -> std::result::Result<PgError, Error> {
+        Ok(self)
+    }
+}
+
+impl BodyError for SqlError {
+    fn split(self) -> std::result::Result<PgError, Error> {
+        match self {
+            SqlError::Postgres(e) => Ok(e),
+            other => Err(Error::Corrupt(other.to_string())),
+        }
+    }
 }
 
 /// How one failed attempt ends.
@@ -242,6 +273,83 @@ async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> PgResul
     tx.execute(&stmt, params).await
 }
 
+/// The shared-SQL seam over a PostgreSQL transaction.
+struct PgDb<'a, 't>(&'a Tx<'t>);
+
+impl Db for PgDb<'_, '_> {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    async fn exec(&mut self, sql: &str, params: &[Val]) -> SqlResult<u64> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        Ok(exec(self.0, sql, &refs).await?)
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Val]) -> SqlResult<Vec<SqlRow>> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let rows = all(self.0, sql, &refs).await?;
+        rows.iter().map(pg_row).collect()
+    }
+}
+
+/// Reads a row of the shared SQL's column types into [`Val`]s.
+fn pg_row(row: &Row) -> SqlResult<SqlRow> {
+    use tokio_postgres::types::Type;
+    (0..row.len())
+        .map(|i| {
+            let ty = row.columns()[i].type_().clone();
+            Ok(if ty == Type::INT8 {
+                row.try_get::<_, Option<i64>>(i)?
+                    .map_or(Val::Null, Val::Int)
+            } else if ty == Type::INT4 {
+                row.try_get::<_, Option<i32>>(i)?
+                    .map_or(Val::Null, |v| Val::Int(v.into()))
+            } else if ty == Type::INT2 {
+                row.try_get::<_, Option<i16>>(i)?
+                    .map_or(Val::Null, |v| Val::Int(v.into()))
+            } else if ty == Type::BOOL {
+                row.try_get::<_, Option<bool>>(i)?
+                    .map_or(Val::Null, |v| Val::Int(v.into()))
+            } else if ty == Type::BYTEA {
+                row.try_get::<_, Option<Vec<u8>>>(i)?
+                    .map_or(Val::Null, Val::Bytes)
+            } else if ty == Type::TEXT || ty == Type::VARCHAR || ty == Type::NAME {
+                row.try_get::<_, Option<String>>(i)?
+                    .map_or(Val::Null, Val::Text)
+            } else {
+                return Err(SqlError::Shape(i));
+            })
+        })
+        .collect::<SqlResult<Vec<Val>>>()
+        .map(SqlRow)
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use tokio_postgres::types::{IsNull, Type};
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+            Val::Int(v) if *ty == Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+            Val::Int(v) => v.to_sql(ty, out),
+            Val::Text(v) => v.to_sql(ty, out),
+            Val::Bytes(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_ty: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 impl PostgresStore {
     /// Connects to `config.url` (`postgres://user:password@host:port/db`), sizes the pool by
     /// `config.max_connections`, and applies pending migrations. An unreachable database is
@@ -334,10 +442,11 @@ impl PostgresStore {
     /// scratch on 40001/40P01 with jittered exponential backoff (the one retry helper every query
     /// goes through). The body gets the caller's data as `ctx` rather than capturing it, because a
     /// boxed future borrowing captures could not be `Send` for every transaction lifetime.
-    async fn run<C, T, F>(&self, op: &'static str, mode: Mode, ctx: C, body: F) -> Result<T>
+    async fn run<C, T, E, F>(&self, op: &'static str, mode: Mode, ctx: C, body: F) -> Result<T>
     where
         C: Sync,
-        F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
+        E: BodyError,
+        F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, std::result::Result<T, E>> + Sync,
     {
         // Counted once per use (not per retry), so tests can show a path does no database work.
         metrics::counter!("aerugo_db_queries_total", "op" => op).increment(1);
@@ -345,6 +454,7 @@ impl PostgresStore {
         let kind = match mode {
             Mode::Write => "write",
             Mode::Read => "read",
+            Mode::Queue => "queue",
         };
         let finished = |outcome: &'static str| {
             metrics::counter!(
@@ -408,7 +518,7 @@ impl PostgresStore {
     }
 
     /// One attempt of [`Self::run`].
-    async fn attempt<C, T, F>(
+    async fn attempt<C, T, E, F>(
         &self,
         mode: Mode,
         ctx: &C,
@@ -416,7 +526,8 @@ impl PostgresStore {
     ) -> std::result::Result<T, Failure>
     where
         C: Sync,
-        F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
+        E: BodyError,
+        F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, std::result::Result<T, E>> + Sync,
     {
         let mut client = self
             .inner
@@ -428,6 +539,7 @@ impl PostgresStore {
             let builder = client.build_transaction();
             let tx = match mode {
                 Mode::Write => builder.isolation_level(IsolationLevel::Serializable),
+                Mode::Queue => builder.isolation_level(IsolationLevel::ReadCommitted),
                 Mode::Read => builder
                     .isolation_level(IsolationLevel::RepeatableRead)
                     .read_only(true),
@@ -435,12 +547,20 @@ impl PostgresStore {
             .start()
             .await
             .map_err(|e| (Stage::Begin, e))?;
-            let out = body(&tx, ctx).await.map_err(|e| (Stage::Work, e))?;
+            let out = match body(&tx, ctx).await {
+                Ok(out) => out,
+                // Dropping the transaction rolls it back.
+                Err(e) => match e.split() {
+                    Ok(driver) => return Err((Stage::Work, driver)),
+                    Err(fail) => return Ok(Err(fail)),
+                },
+            };
             tx.commit().await.map_err(|e| (Stage::Work, e))?;
-            Ok::<T, (Stage, PgError)>(out)
+            Ok::<std::result::Result<T, Error>, (Stage, PgError)>(Ok(out))
         };
         match tokio::time::timeout(self.inner.attempt_timeout, work).await {
-            Ok(Ok(out)) => Ok(out),
+            Ok(Ok(Ok(out))) => Ok(out),
+            Ok(Ok(Err(e))) => Err(Failure::Fail(e)),
             // A pooled connection that died while idle fails at BEGIN, before anything ran: try
             // again on another one (the pool drops closed connections on checkout).
             Ok(Err((Stage::Begin, e))) if is_connection_error(&e) => Err(Failure::Retry(e)),
@@ -471,6 +591,16 @@ impl PostgresStore {
     where
         C: Sync,
         F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
+    {
+        self.run(op, Mode::Write, ctx, body).await
+    }
+
+    /// Runs a read-write body written over the shared-SQL seam (it records changes or runs
+    /// queue statements), SERIALIZABLE like [`Self::write`].
+    async fn write_sql<C, T, F>(&self, op: &'static str, ctx: C, body: F) -> Result<T>
+    where
+        C: Sync,
+        F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, SqlResult<T>> + Sync,
     {
         self.run(op, Mode::Write, ctx, body).await
     }
@@ -694,7 +824,8 @@ async fn repo_id(tx: &Tx<'_>, repo: &str) -> PgResult<Option<String>> {
     .map(|r| r.get(0)))
 }
 
-async fn ensure_repo(tx: &Tx<'_>, repo: &str) -> PgResult<String> {
+/// The repository's id, creating it (and recording that) when missing.
+async fn ensure_repo(tx: &Tx<'_>, repo: &str, changes: &mut Vec<Change>) -> PgResult<String> {
     if let Some(id) = repo_id(tx, repo).await? {
         return Ok(id);
     }
@@ -707,7 +838,30 @@ async fn ensure_repo(tx: &Tx<'_>, repo: &str) -> PgResult<String> {
         &[&id, &repo.as_bytes(), &now_millis()],
     )
     .await?;
+    changes.push(Change::RepositoryCreated {
+        repo: repo.to_owned(),
+    });
     Ok(id)
+}
+
+/// Records a write's changes (and their work) in its transaction.
+async fn record(tx: &Tx<'_>, changes: &[Change]) -> SqlResult<()> {
+    changes::record(&mut PgDb(tx), changes, now_millis()).await
+}
+
+/// Deletes a session that ends without a blob (cancelled, mismatched, purged), records that (its
+/// objects are queued for deletion), and drops its repository if the session was all it held.
+async fn end_upload_without_blob(tx: &Tx<'_>, repo: &str, id: &str) -> SqlResult<()> {
+    let repo_id = repo_id(tx, repo).await?;
+    remove_upload(tx, id).await?;
+    let mut changes = vec![Change::UploadDeleted {
+        repo: repo.to_owned(),
+        upload: id.to_owned(),
+    }];
+    if let Some(repo_id) = repo_id {
+        content::drop_if_unused(&mut PgDb(tx), &repo_id, repo, &mut changes).await?;
+    }
+    record(tx, &changes).await
 }
 
 async fn link_blob(tx: &Tx<'_>, repo_id: &str, digest: &str) -> PgResult<()> {
@@ -790,6 +944,16 @@ fn first_referencing(rows: &[Row]) -> Vec<String> {
     out
 }
 
+/// What a finishing transaction decided.
+enum Finish {
+    /// The blob is new and recorded with the caller's storage key.
+    Inserted,
+    /// The blob existed; the upload's bytes are redundant.
+    Present(RawBlob),
+    /// The blob does not exist and the caller gave no storage key yet.
+    NeedsBytes,
+}
+
 /// Distinct values, first occurrence order kept.
 fn distinct(items: &[Digest]) -> Vec<&str> {
     let mut seen = HashSet::new();
@@ -809,7 +973,7 @@ async fn put_manifest_tx(
     m: &NewManifest,
     blobs: &[&str],
     children: &[&str],
-) -> PgResult<Vec<String>> {
+) -> SqlResult<Vec<String>> {
     // Check references before writing anything, so a refused push leaves no trace (not even a
     // new repository row).
     let existing_id = repo_id(tx, repo).await?;
@@ -840,9 +1004,10 @@ async fn put_manifest_tx(
     if !missing.is_empty() {
         return Ok(missing);
     }
+    let mut changes = Vec::new();
     let repo_id = match existing_id {
         Some(id) => id,
-        None => ensure_repo(tx, repo).await?,
+        None => ensure_repo(tx, repo, &mut changes).await?,
     };
     let now = now_millis();
     let digest = m.digest.as_str();
@@ -887,7 +1052,17 @@ async fn put_manifest_tx(
             .await?;
         }
     }
+    let mut previous = None;
     if let Some(tag) = &m.tag {
+        let name = tag.as_str().as_bytes();
+        previous = opt(
+            tx,
+            "SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name = $2",
+            &[&repo_id, &name],
+        )
+        .await?
+        .map(|r| r.get::<_, String>(0))
+        .filter(|d| d != digest);
         exec(
             tx,
             "INSERT INTO tags (repo_id, name, manifest_digest, updated_at)
@@ -895,10 +1070,17 @@ async fn put_manifest_tx(
              ON CONFLICT (repo_id, name)
              DO UPDATE SET manifest_digest = excluded.manifest_digest,
                            updated_at = excluded.updated_at",
-            &[&repo_id, &tag.as_str().as_bytes(), &digest, &now],
+            &[&repo_id, &name, &digest, &now],
         )
         .await?;
     }
+    changes.push(Change::ManifestPut {
+        repo: repo.to_owned(),
+        digest: digest.to_owned(),
+        tag: m.tag.as_ref().map(ToString::to_string),
+        previous,
+    });
+    record(tx, &changes).await?;
     Ok(Vec::new())
 }
 
@@ -990,7 +1172,7 @@ impl MetaStore for PostgresStore {
     ) -> Result<Option<BlobRow>> {
         let (from, to, digest) = (from.as_str(), to.as_str(), digest.as_str());
         let raw = self
-            .write(
+            .write_sql(
                 "mount_blob",
                 (from, to, digest),
                 |tx, &(from, to, digest)| {
@@ -1000,8 +1182,15 @@ impl MetaStore for PostgresStore {
                             .as_ref()
                             .map(raw_blob);
                         if raw.is_some() {
-                            let to_id = ensure_repo(tx, to).await?;
+                            let mut changes = Vec::new();
+                            let to_id = ensure_repo(tx, to, &mut changes).await?;
                             link_blob(tx, &to_id, digest).await?;
+                            changes.push(Change::BlobLinked {
+                                repo: to.to_owned(),
+                                digest: digest.to_owned(),
+                                via: "mount".into(),
+                            });
+                            record(tx, &changes).await?;
                         }
                         Ok(raw)
                     })
@@ -1014,7 +1203,7 @@ impl MetaStore for PostgresStore {
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Delete> {
         let (repo, digest) = (repo.as_str(), digest.as_str());
         let (outcome, referencing) = self
-            .write("unlink_blob", (repo, digest), |tx, &(repo, digest)| {
+            .write_sql("unlink_blob", (repo, digest), |tx, &(repo, digest)| {
                 Box::pin(async move {
                     let Some(id) = repo_id(tx, repo).await? else {
                         return Ok((Delete::NotFound, Vec::new()));
@@ -1036,6 +1225,13 @@ impl MetaStore for PostgresStore {
                         &[&id, &digest],
                     )
                     .await?;
+                    if n > 0 {
+                        let change = Change::BlobUnlinked {
+                            repo: repo.to_owned(),
+                            digest: digest.to_owned(),
+                        };
+                        record(tx, &[change]).await?;
+                    }
                     Ok((
                         if n > 0 {
                             Delete::Deleted
@@ -1056,12 +1252,13 @@ impl MetaStore for PostgresStore {
 
     async fn create_upload(&self, repo: &RepoName, id: &str, hash_state: &[u8]) -> Result<()> {
         let repo = repo.as_str();
-        self.write(
+        self.write_sql(
             "create_upload",
             (repo, id, hash_state),
             |tx, &(repo, id, hash_state)| {
                 Box::pin(async move {
-                    let repo_id = ensure_repo(tx, repo).await?;
+                    let mut changes = Vec::new();
+                    let repo_id = ensure_repo(tx, repo, &mut changes).await?;
                     let now = now_millis();
                     exec(
                         tx,
@@ -1071,7 +1268,7 @@ impl MetaStore for PostgresStore {
                         &[&id, &repo_id, &hash_state, &now],
                     )
                     .await?;
-                    Ok(())
+                    record(tx, &changes).await
                 })
             },
         )
@@ -1135,11 +1332,11 @@ impl MetaStore for PostgresStore {
 
     async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<UploadRow>> {
         let repo = repo.as_str();
-        self.write("delete_upload", (repo, id), |tx, &(repo, id)| {
+        self.write_sql("delete_upload", (repo, id), |tx, &(repo, id)| {
             Box::pin(async move {
                 let row = load_upload(tx, repo, id).await?;
                 if row.is_some() {
-                    remove_upload(tx, id).await?;
+                    end_upload_without_blob(tx, repo, id).await?;
                 }
                 Ok(row)
             })
@@ -1156,17 +1353,18 @@ impl MetaStore for PostgresStore {
     ) -> Result<Option<BlobCommit>> {
         let repo = repo.as_str();
         let raw = self
-            .write(
+            .write_sql(
                 "finish_upload",
                 (repo, id, expected_offset, blob),
                 |tx, &(repo, id, expected_offset, blob)| {
                     Box::pin(async move {
-                        match load_upload(tx, repo, id).await? {
-                            Some(row) if row.offset == expected_offset => {}
+                        let parts = match load_upload(tx, repo, id).await? {
+                            Some(row) if row.offset == expected_offset => row.parts,
                             _ => return Ok(None),
-                        }
-                        remove_upload(tx, id).await?;
-                        let repo_id = ensure_repo(tx, repo).await?;
+                        };
+                        // Decided here, in the finishing transaction (SERIALIZABLE): a blob row
+                        // read outside it could be gone by now, and a concurrent delete of the
+                        // row conflicts with this read instead of racing it.
                         let digest = blob.digest.as_str();
                         let existing = opt(
                             tx,
@@ -1176,33 +1374,51 @@ impl MetaStore for PostgresStore {
                         .await?
                         .as_ref()
                         .map(raw_blob);
-                        if existing.is_none() {
-                            // A concurrent insert of the same digest is a serialization failure
-                            // here (the digest was read as absent); the retry then sees the
-                            // existing row.
-                            exec(
-                                tx,
-                                "INSERT INTO blobs (digest, size, storage_key, created_at)
-                                 VALUES ($1, $2, $3, $4)",
-                                &[
-                                    &digest,
-                                    &to_i64(blob.size),
-                                    &blob.storage_key,
-                                    &now_millis(),
-                                ],
-                            )
-                            .await?;
+                        if existing.is_none() && blob.storage_key.is_none() {
+                            return Ok(Some(Finish::NeedsBytes));
                         }
+                        remove_upload(tx, id).await?;
+                        let mut changes = Vec::new();
+                        let repo_id = ensure_repo(tx, repo, &mut changes).await?;
+                        let keep = match (&existing, &blob.storage_key) {
+                            (None, Some(key)) => {
+                                // A concurrent insert of the same digest is a serialization
+                                // failure here (the digest was read as absent); the retry then
+                                // sees the existing row.
+                                exec(
+                                    tx,
+                                    "INSERT INTO blobs (digest, size, storage_key, created_at)
+                                     VALUES ($1, $2, $3, $4)",
+                                    &[&digest, &to_i64(blob.size), key, &now_millis()],
+                                )
+                                .await?;
+                                Some(key.clone())
+                            }
+                            _ => None,
+                        };
                         link_blob(tx, &repo_id, digest).await?;
-                        Ok(Some(existing))
+                        changes.push(Change::BlobLinked {
+                            repo: repo.to_owned(),
+                            digest: digest.to_owned(),
+                            via: "upload".into(),
+                        });
+                        changes.push(finished_change(repo, id, blob, &parts, keep));
+                        record(tx, &changes).await?;
+                        Ok(Some(match existing {
+                            None => Finish::Inserted,
+                            Some(raw) => Finish::Present(raw),
+                        }))
                     })
                 },
             )
             .await?;
         match raw {
             None => Ok(None),
-            Some(None) => Ok(Some(BlobCommit::Inserted)),
-            Some(Some(existing)) => Ok(Some(BlobCommit::AlreadyPresent(blob_row(existing)?))),
+            Some(Finish::NeedsBytes) => Ok(Some(BlobCommit::NeedsBytes)),
+            Some(Finish::Inserted) => Ok(Some(BlobCommit::Inserted)),
+            Some(Finish::Present(existing)) => {
+                Ok(Some(BlobCommit::AlreadyPresent(blob_row(existing)?)))
+            }
         }
     }
 
@@ -1210,7 +1426,7 @@ impl MetaStore for PostgresStore {
         let (blobs, children) = (distinct(&m.blobs), distinct(&m.children));
         let ctx = (repo.as_str(), m, blobs.as_slice(), children.as_slice());
         let missing = self
-            .write("put_manifest", ctx, |tx, &(repo, m, blobs, children)| {
+            .write_sql("put_manifest", ctx, |tx, &(repo, m, blobs, children)| {
                 Box::pin(put_manifest_tx(tx, repo, m, blobs, children))
             })
             .await?;
@@ -1269,19 +1485,28 @@ impl MetaStore for PostgresStore {
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        let (repo, tag) = (repo.as_str(), tag.as_str().as_bytes());
-        self.write("delete_tag", (repo, tag), |tx, &(repo, tag)| {
+        let (repo, tag) = (repo.as_str(), tag.as_str());
+        self.write_sql("delete_tag", (repo, tag), |tx, &(repo, tag)| {
             Box::pin(async move {
                 let Some(id) = repo_id(tx, repo).await? else {
                     return Ok(false);
                 };
-                Ok(exec(
+                let Some(row) = opt(
                     tx,
-                    "DELETE FROM tags WHERE repo_id = $1 AND name = $2",
-                    &[&id, &tag],
+                    "DELETE FROM tags WHERE repo_id = $1 AND name = $2 RETURNING manifest_digest",
+                    &[&id, &tag.as_bytes()],
                 )
                 .await?
-                    > 0)
+                else {
+                    return Ok(false);
+                };
+                let change = Change::TagDeleted {
+                    repo: repo.to_owned(),
+                    tag: tag.to_owned(),
+                    digest: row.get(0),
+                };
+                record(tx, &[change]).await?;
+                Ok(true)
             })
         })
         .await
@@ -1290,7 +1515,7 @@ impl MetaStore for PostgresStore {
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Delete> {
         let (repo, digest) = (repo.as_str(), digest.as_str());
         let (outcome, referencing) = self
-            .write("delete_manifest", (repo, digest), |tx, &(repo, digest)| {
+            .write_sql("delete_manifest", (repo, digest), |tx, &(repo, digest)| {
                 Box::pin(async move {
                     let Some(id) = repo_id(tx, repo).await? else {
                         return Ok((Delete::NotFound, Vec::new()));
@@ -1315,13 +1540,30 @@ impl MetaStore for PostgresStore {
                     if n == 0 {
                         return Ok((Delete::NotFound, Vec::new()));
                     }
+                    let mut tags = all(
+                        tx,
+                        "DELETE FROM tags WHERE repo_id = $1 AND manifest_digest = $2
+                         RETURNING name",
+                        &[&id, &digest],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| name_of(r.get(0)))
+                    .collect::<Result<Vec<String>>>()
+                    .unwrap_or_default();
+                    tags.sort();
                     for sql in [
-                        "DELETE FROM tags WHERE repo_id = $1 AND manifest_digest = $2",
                         "DELETE FROM manifest_blobs WHERE repo_id = $1 AND manifest_digest = $2",
                         "DELETE FROM manifest_children WHERE repo_id = $1 AND manifest_digest = $2",
                     ] {
                         exec(tx, sql, &[&id, &digest]).await?;
                     }
+                    let change = Change::ManifestDeleted {
+                        repo: repo.to_owned(),
+                        digest: digest.to_owned(),
+                        tags,
+                    };
+                    record(tx, &[change]).await?;
                     Ok((Delete::Deleted, Vec::new()))
                 })
             })
@@ -1419,26 +1661,15 @@ impl MetaStore for PostgresStore {
         .transpose()
     }
 
-    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
-        self.write(
-            "try_acquire_lease",
-            (name, holder, ttl_ms),
-            |tx, &(name, holder, ttl_ms)| {
-                Box::pin(async move {
-                    let now = now_millis();
-                    let n = exec(
-                        tx,
-                        "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
-                         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
-                             expires_at = excluded.expires_at
-                         WHERE leases.expires_at < $4 OR leases.holder = excluded.holder",
-                        &[&name, &holder, &now.saturating_add(ttl_ms), &now],
-                    )
-                    .await?;
-                    Ok(n > 0)
-                })
-            },
-        )
+    async fn queue(&self, op: Op) -> Result<Out> {
+        let mode = match op.mode() {
+            OpMode::Read => Mode::Read,
+            OpMode::Queue => Mode::Queue,
+            OpMode::Write => Mode::Write,
+        };
+        self.run(op.name(), mode, op, |tx, op| {
+            Box::pin(async move { queue::run(&mut PgDb(tx), op).await })
+        })
         .await
     }
 
@@ -1474,20 +1705,33 @@ impl MetaStore for PostgresStore {
     }
 
     async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool> {
-        self.write("delete_stale_upload", (id, before), |tx, &(id, before)| {
+        self.write_sql("delete_stale_upload", (id, before), |tx, &(id, before)| {
             Box::pin(async move {
-                let stale = opt(
+                let repo = opt(
                     tx,
-                    "SELECT 1 FROM uploads WHERE id = $1 AND updated_at < $2",
+                    "SELECT r.name FROM uploads u JOIN repositories r ON r.id = u.repo_id
+                     WHERE u.id = $1 AND u.updated_at < $2",
                     &[&id, &before],
                 )
                 .await?
-                .is_some();
-                if stale {
-                    remove_upload(tx, id).await?;
+                .map(|r| String::from_utf8_lossy(&r.get::<_, Vec<u8>>(0)).into_owned());
+                match repo {
+                    Some(repo) => {
+                        end_upload_without_blob(tx, &repo, id).await?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
                 }
-                Ok(stale)
             })
+        })
+        .await
+    }
+
+    async fn delete_repository(&self, repo: &RepoName) -> Result<bool> {
+        self.write_sql("delete_repository", repo.as_str(), |tx, &repo| {
+            Box::pin(
+                async move { content::delete_repository(&mut PgDb(tx), repo, now_millis()).await },
+            )
         })
         .await
     }

@@ -14,7 +14,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 mod identity;
 
+use super::changes::{self, Change, finished_change};
+use super::content;
 use super::migrate::{Migration, SQLITE};
+use super::queue::{self, Op, OpMode, Out};
+use super::sql::{Db, Engine, SqlError, SqlResult, SqlRow, Val, sqlite_placeholders};
 use super::{
     BlobCommit, BlobRow, Delete, Error, ManifestRow, MetaStore, NewBlob, NewManifest, PutManifest,
     ReferrerRow, Result, StaleUpload, UploadPart, UploadRow, now_millis,
@@ -195,6 +199,74 @@ impl SqliteStore {
     }
 }
 
+/// The shared-SQL seam over a SQLite connection (a transaction derefs to one).
+pub(super) struct LiteDb<'a>(&'a Connection);
+
+impl Db for LiteDb<'_> {
+    fn engine(&self) -> Engine {
+        Engine::Sqlite
+    }
+
+    async fn exec(&mut self, sql: &str, params: &[Val]) -> SqlResult<u64> {
+        let n = self.0.exec(
+            &sqlite_placeholders(sql),
+            rusqlite::params_from_iter(params.iter()),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    async fn query(&mut self, sql: &str, params: &[Val]) -> SqlResult<Vec<SqlRow>> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.0.prepare_cached(&sqlite_placeholders(sql))?;
+        let columns = stmt.column_count();
+        let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+            (0..columns)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => Val::Null,
+                        ValueRef::Integer(v) => Val::Int(v),
+                        #[expect(
+                            clippy::cast_possible_truncation,
+                            reason = "shared SQL reads no fractional columns; a cast result is whole"
+                        )]
+                        ValueRef::Real(v) => Val::Int(v as i64),
+                        ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(b) => Val::Bytes(b.to_vec()),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<Val>>>()
+                .map(SqlRow)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<SqlRow>>>()?)
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Val::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Val::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Val::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+        })
+    }
+}
+
+/// Drives shared SQL on a [`LiteDb`] to completion. Its futures never wait (rusqlite is
+/// synchronous), so this thread (one of the blocking pool's) simply runs them.
+fn block<T>(work: impl std::future::Future<Output = SqlResult<T>>) -> rusqlite::Result<T> {
+    futures::executor::block_on(work).map_err(|e| match e {
+        SqlError::Sqlite(e) => e,
+        other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
+    })
+}
+
+/// Records a write's changes (and their work) in its transaction.
+fn record(tx: &Connection, changes: &[Change]) -> rusqlite::Result<()> {
+    block(changes::record(&mut LiteDb(tx), changes, now_millis()))
+}
+
 fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
     Error::Unavailable("a database connection was poisoned by a panic".into())
 }
@@ -239,7 +311,8 @@ fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<String>> {
     .optional()
 }
 
-fn ensure_repo(tx: &Connection, repo: &str) -> rusqlite::Result<String> {
+/// The repository's id, creating it (and recording that) when missing.
+fn ensure_repo(tx: &Connection, repo: &str, changes: &mut Vec<Change>) -> rusqlite::Result<String> {
     if let Some(id) = repo_id(tx, repo)? {
         return Ok(id);
     }
@@ -248,6 +321,9 @@ fn ensure_repo(tx: &Connection, repo: &str) -> rusqlite::Result<String> {
         "INSERT INTO repositories (id, name, created_at) VALUES (?1, ?2, ?3)",
         params![id, repo, now_millis()],
     )?;
+    changes.push(Change::RepositoryCreated {
+        repo: repo.to_owned(),
+    });
     Ok(id)
 }
 
@@ -310,6 +386,36 @@ fn remove_upload(tx: &Connection, id: &str) -> rusqlite::Result<()> {
     tx.exec("DELETE FROM upload_parts WHERE upload_id = ?1", [id])?;
     tx.exec("DELETE FROM uploads WHERE id = ?1", [id])?;
     Ok(())
+}
+
+/// Deletes a session that ends without a blob (cancelled, mismatched, purged), records that (its
+/// objects are queued for deletion), and drops its repository if the session was all it held.
+fn end_upload_without_blob(tx: &Connection, repo: &str, id: &str) -> rusqlite::Result<()> {
+    let repo_id = repo_id(tx, repo)?;
+    remove_upload(tx, id)?;
+    let mut changes = vec![Change::UploadDeleted {
+        repo: repo.to_owned(),
+        upload: id.to_owned(),
+    }];
+    if let Some(repo_id) = repo_id {
+        block(content::drop_if_unused(
+            &mut LiteDb(tx),
+            &repo_id,
+            repo,
+            &mut changes,
+        ))?;
+    }
+    record(tx, &changes)
+}
+
+/// What a finishing transaction decided.
+enum Finish {
+    /// The blob is new and recorded with the caller's storage key.
+    Inserted,
+    /// The blob existed; the upload's bytes are redundant.
+    Present(RawBlob),
+    /// The blob does not exist and the caller gave no storage key yet.
+    NeedsBytes,
 }
 
 fn digests(rows: Vec<String>) -> Result<Vec<Digest>> {
@@ -396,8 +502,15 @@ impl MetaStore for SqliteStore {
                     )
                     .optional()?;
                 if raw.is_some() {
-                    let to_id = ensure_repo(tx, &to)?;
+                    let mut changes = Vec::new();
+                    let to_id = ensure_repo(tx, &to, &mut changes)?;
                     link_blob(tx, &to_id, &digest)?;
+                    changes.push(Change::BlobLinked {
+                        repo: to.clone(),
+                        digest: digest.clone(),
+                        via: "mount".into(),
+                    });
+                    record(tx, &changes)?;
                 }
                 Ok(raw)
             })
@@ -426,6 +539,15 @@ impl MetaStore for SqliteStore {
                     "DELETE FROM repository_blobs WHERE repo_id = ?1 AND digest = ?2",
                     [&id, &digest],
                 )?;
+                if n > 0 {
+                    record(
+                        tx,
+                        &[Change::BlobUnlinked {
+                            repo: repo.clone(),
+                            digest: digest.clone(),
+                        }],
+                    )?;
+                }
                 Ok((
                     if n > 0 {
                         Delete::Deleted
@@ -446,14 +568,15 @@ impl MetaStore for SqliteStore {
     async fn create_upload(&self, repo: &RepoName, id: &str, hash_state: &[u8]) -> Result<()> {
         let (repo, id, state) = (repo.as_str().to_owned(), id.to_owned(), hash_state.to_vec());
         self.write(move |tx| {
-            let repo_id = ensure_repo(tx, &repo)?;
+            let mut changes = Vec::new();
+            let repo_id = ensure_repo(tx, &repo, &mut changes)?;
             let now = now_millis();
             tx.exec(
                 "INSERT INTO uploads (id, repo_id, byte_offset, hash_state, started_at, updated_at)
                  VALUES (?1, ?2, 0, ?3, ?4, ?4)",
                 params![id, repo_id, state, now],
             )?;
-            Ok(())
+            record(tx, &changes)
         })
         .await
     }
@@ -501,7 +624,7 @@ impl MetaStore for SqliteStore {
         self.write(move |tx| {
             let row = load_upload(tx, &repo, &id)?;
             if row.is_some() {
-                remove_upload(tx, &id)?;
+                end_upload_without_blob(tx, &repo, &id)?;
             }
             Ok(row)
         })
@@ -518,12 +641,12 @@ impl MetaStore for SqliteStore {
         let (repo, id, blob) = (repo.as_str().to_owned(), id.to_owned(), blob.clone());
         let raw = self
             .write(move |tx| {
-                match load_upload(tx, &repo, &id)? {
-                    Some(row) if row.offset == expected_offset => {}
+                let parts = match load_upload(tx, &repo, &id)? {
+                    Some(row) if row.offset == expected_offset => row.parts,
                     _ => return Ok(None),
-                }
-                remove_upload(tx, &id)?;
-                let repo_id = ensure_repo(tx, &repo)?;
+                };
+                // Decided here, in the finishing transaction: a blob row read outside it could
+                // be gone by now (and its bytes with it).
                 let existing: Option<RawBlob> = tx
                     .qrow(
                         "SELECT digest, size, storage_key FROM blobs WHERE digest = ?1",
@@ -531,26 +654,44 @@ impl MetaStore for SqliteStore {
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()?;
-                if existing.is_none() {
-                    tx.exec(
-                        "INSERT INTO blobs (digest, size, storage_key, created_at)
-                         VALUES (?1, ?2, ?3, ?4)",
-                        params![
-                            blob.digest.as_str(),
-                            to_i64(blob.size),
-                            blob.storage_key,
-                            now_millis()
-                        ],
-                    )?;
+                if existing.is_none() && blob.storage_key.is_none() {
+                    return Ok(Some(Finish::NeedsBytes));
                 }
+                remove_upload(tx, &id)?;
+                let mut changes = Vec::new();
+                let repo_id = ensure_repo(tx, &repo, &mut changes)?;
+                let keep = match (&existing, &blob.storage_key) {
+                    (None, Some(key)) => {
+                        tx.exec(
+                            "INSERT INTO blobs (digest, size, storage_key, created_at)
+                             VALUES (?1, ?2, ?3, ?4)",
+                            params![blob.digest.as_str(), to_i64(blob.size), key, now_millis()],
+                        )?;
+                        Some(key.clone())
+                    }
+                    _ => None,
+                };
                 link_blob(tx, &repo_id, blob.digest.as_str())?;
-                Ok(Some(existing))
+                changes.push(Change::BlobLinked {
+                    repo: repo.clone(),
+                    digest: blob.digest.to_string(),
+                    via: "upload".into(),
+                });
+                changes.push(finished_change(&repo, &id, &blob, &parts, keep));
+                record(tx, &changes)?;
+                Ok(Some(match existing {
+                    None => Finish::Inserted,
+                    Some(raw) => Finish::Present(raw),
+                }))
             })
             .await?;
         match raw {
             None => Ok(None),
-            Some(None) => Ok(Some(BlobCommit::Inserted)),
-            Some(Some(existing)) => Ok(Some(BlobCommit::AlreadyPresent(blob_row(existing)?))),
+            Some(Finish::NeedsBytes) => Ok(Some(BlobCommit::NeedsBytes)),
+            Some(Finish::Inserted) => Ok(Some(BlobCommit::Inserted)),
+            Some(Finish::Present(existing)) => {
+                Ok(Some(BlobCommit::AlreadyPresent(blob_row(existing)?)))
+            }
         }
     }
 
@@ -584,9 +725,10 @@ impl MetaStore for SqliteStore {
                 if !missing.is_empty() {
                     return Ok(missing);
                 }
+                let mut changes = Vec::new();
                 let repo_id = match existing_id {
                     Some(id) => id,
-                    None => ensure_repo(tx, &repo)?,
+                    None => ensure_repo(tx, &repo, &mut changes)?,
                 };
                 let now = now_millis();
                 let inserted = tx.exec(
@@ -622,7 +764,16 @@ impl MetaStore for SqliteStore {
                         )?;
                     }
                 }
+                let mut previous = None;
                 if let Some(tag) = &m.tag {
+                    previous = tx
+                        .qrow(
+                            "SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2",
+                            [repo_id.as_str(), tag.as_str()],
+                            |r| r.get::<_, String>(0),
+                        )
+                        .optional()?
+                        .filter(|d| d != m.digest.as_str());
                     tx.exec(
                         "INSERT INTO tags (repo_id, name, manifest_digest, updated_at)
                          VALUES (?1, ?2, ?3, ?4)
@@ -632,6 +783,13 @@ impl MetaStore for SqliteStore {
                         params![repo_id, tag.as_str(), m.digest.as_str(), now],
                     )?;
                 }
+                changes.push(Change::ManifestPut {
+                    repo: repo.clone(),
+                    digest: m.digest.to_string(),
+                    tag: m.tag.as_ref().map(ToString::to_string),
+                    previous,
+                });
+                record(tx, &changes)?;
                 Ok(Vec::new())
             })
             .await?;
@@ -691,10 +849,18 @@ impl MetaStore for SqliteStore {
             let Some(id) = repo_id(tx, &repo)? else {
                 return Ok(false);
             };
-            Ok(tx.exec(
-                "DELETE FROM tags WHERE repo_id = ?1 AND name = ?2",
-                [&id, &tag],
-            )? > 0)
+            let digest: Option<String> = tx
+                .qrow(
+                    "DELETE FROM tags WHERE repo_id = ?1 AND name = ?2 RETURNING manifest_digest",
+                    [&id, &tag],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(digest) = digest else {
+                return Ok(false);
+            };
+            record(tx, &[Change::TagDeleted { repo, tag, digest }])?;
+            Ok(true)
         })
         .await
     }
@@ -723,10 +889,13 @@ impl MetaStore for SqliteStore {
                 if n == 0 {
                     return Ok((Delete::NotFound, Vec::new()));
                 }
-                tx.exec(
-                    "DELETE FROM tags WHERE repo_id = ?1 AND manifest_digest = ?2",
-                    [&id, &digest],
-                )?;
+                let tags: Vec<String> = tx
+                    .prepare_cached(
+                        "DELETE FROM tags WHERE repo_id = ?1 AND manifest_digest = ?2
+                         RETURNING name",
+                    )?
+                    .query_map([&id, &digest], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
                 tx.exec(
                     "DELETE FROM manifest_blobs WHERE repo_id = ?1 AND manifest_digest = ?2",
                     [&id, &digest],
@@ -734,6 +903,16 @@ impl MetaStore for SqliteStore {
                 tx.exec(
                     "DELETE FROM manifest_children WHERE repo_id = ?1 AND manifest_digest = ?2",
                     [&id, &digest],
+                )?;
+                let mut tags = tags;
+                tags.sort();
+                record(
+                    tx,
+                    &[Change::ManifestDeleted {
+                        repo: repo.clone(),
+                        digest: digest.clone(),
+                        tags,
+                    }],
                 )?;
                 Ok((Delete::Deleted, Vec::new()))
             })
@@ -807,18 +986,24 @@ impl MetaStore for SqliteStore {
         .transpose()
     }
 
-    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
-        let (name, holder) = (name.to_owned(), holder.to_owned());
+    async fn queue(&self, op: Op) -> Result<Out> {
+        if op.mode() == OpMode::Read {
+            self.read(move |c| block(queue::run(&mut LiteDb(c), &op)))
+                .await
+        } else {
+            self.write(move |tx| block(queue::run(&mut LiteDb(tx), &op)))
+                .await
+        }
+    }
+
+    async fn delete_repository(&self, repo: &RepoName) -> Result<bool> {
+        let repo = repo.as_str().to_owned();
         self.write(move |tx| {
-            let now = now_millis();
-            let n = tx.exec(
-                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
-                     expires_at = excluded.expires_at
-                 WHERE leases.expires_at < ?4 OR leases.holder = excluded.holder",
-                params![name, holder, now.saturating_add(ttl_ms), now],
-            )?;
-            Ok(n > 0)
+            block(content::delete_repository(
+                &mut LiteDb(tx),
+                &repo,
+                now_millis(),
+            ))
         })
         .await
     }
@@ -845,18 +1030,21 @@ impl MetaStore for SqliteStore {
     async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |tx| {
-            let stale = tx
+            let repo: Option<String> = tx
                 .qrow(
-                    "SELECT 1 FROM uploads WHERE id = ?1 AND updated_at < ?2",
+                    "SELECT r.name FROM uploads u JOIN repositories r ON r.id = u.repo_id
+                     WHERE u.id = ?1 AND u.updated_at < ?2",
                     params![id, before],
-                    |_| Ok(()),
+                    |r| r.get(0),
                 )
-                .optional()?
-                .is_some();
-            if stale {
-                remove_upload(tx, &id)?;
+                .optional()?;
+            match repo {
+                Some(repo) => {
+                    end_upload_without_blob(tx, &repo, &id)?;
+                    Ok(true)
+                }
+                None => Ok(false),
             }
-            Ok(stale)
         })
         .await
     }

@@ -620,12 +620,14 @@ impl Registry {
             .ok_or(Error::NameUnknown)
     }
 
-    /// Deletes a repository's tags and manifests (admin permission); blobs stay for GC.
+    /// Deletes a repository's tags, manifests, grants and open uploads (admin permission); the
+    /// uploads' objects are queued for deletion, blobs stay for GC.
     pub async fn delete_repository(&self, caller: &Identity, repo: &RepoName) -> Result<()> {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
         self.ensure_delete_enabled()?;
-        self.identity.delete_repository(repo.as_str()).await?;
+        self.meta.delete_repository(repo).await?;
+        self.work_queued();
         self.tenancy_changed().await;
         self.caches.repository_deleted(repo).await;
         Ok(())

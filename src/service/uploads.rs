@@ -44,39 +44,20 @@ fn valid_upload_id(id: &str) -> bool {
 /// Sessions the purge reads per query; it queries again until none are left.
 const PURGE_BATCH: u32 = 500;
 
-/// The lease that makes one node at a time run the purge.
-const PURGE_LEASE: &str = "upload-purge";
-
 impl Registry {
-    /// Purges abandoned uploads if this node holds (or can take) the purge lease for `lease_ttl`;
-    /// `None` when another node holds it. `holder` names this node, the same on every call.
-    pub async fn purge_abandoned_uploads_exclusively(
+    /// Deletes every upload session that has not received a chunk for `max_age` (measured on
+    /// `now`, the database clock); returns how many sessions went. Each session row goes in a
+    /// transaction that checks it is still idle (so a session that moves on meanwhile is kept)
+    /// and queues its stored objects for deletion; a chunk that lands after the purge finds its
+    /// session gone and deletes its own part. A finished upload has no session left, so its blob
+    /// (which may live under the upload's prefix) is never touched.
+    pub async fn purge_abandoned_uploads(
         &self,
-        holder: &str,
+        now: i64,
         max_age: std::time::Duration,
-        lease_ttl: std::time::Duration,
-    ) -> Result<Option<u64>> {
-        let ttl_ms = i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX);
-        if !self
-            .meta
-            .try_acquire_lease(PURGE_LEASE, holder, ttl_ms)
-            .await?
-        {
-            return Ok(None);
-        }
-        self.purge_abandoned_uploads(max_age).await.map(Some)
-    }
-
-    /// Deletes every upload session that has not received a chunk for `max_age`, then its stored
-    /// parts; returns how many sessions went. The session row goes first, in a transaction that
-    /// checks it is still idle, so a session that moves on meanwhile is kept, and a chunk that
-    /// lands after the purge finds its session gone and deletes its own part. A finished upload
-    /// has no session left, so its blob (which may live under the upload's prefix) is never
-    /// touched. Parts that fail to delete are logged and left behind; the session is gone either
-    /// way.
-    pub async fn purge_abandoned_uploads(&self, max_age: std::time::Duration) -> Result<u64> {
+    ) -> Result<u64> {
         let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = crate::meta::now_millis().saturating_sub(age_ms);
+        let cutoff = now.saturating_sub(age_ms);
         let mut purged = 0;
         loop {
             let stale = self.meta.stale_uploads(cutoff, PURGE_BATCH).await?;
@@ -87,21 +68,15 @@ impl Registry {
                 }
                 purged += 1;
                 metrics::counter!("aerugo_upload_sessions_total", "event" => "purged").increment(1);
-                let idle_s = (crate::meta::now_millis() - upload.updated_at) / 1000;
-                match self.storage.delete_upload_objects(&upload.id, None).await {
-                    Ok(()) => tracing::info!(
-                        repository = %upload.repo,
-                        upload = %upload.id,
-                        idle_s,
-                        "purged an abandoned upload"
-                    ),
-                    Err(e) => tracing::warn!(
-                        repository = %upload.repo,
-                        upload = %upload.id,
-                        error = %e,
-                        "purged an abandoned upload but could not delete its stored parts"
-                    ),
-                }
+                tracing::info!(
+                    repository = %upload.repo,
+                    upload = %upload.id,
+                    idle_s = (now - upload.updated_at) / 1000,
+                    "purged an abandoned upload"
+                );
+            }
+            if purged > 0 {
+                self.work_queued();
             }
             if batch < PURGE_BATCH as usize {
                 return Ok(purged);
@@ -173,11 +148,12 @@ impl Registry {
         if !valid_upload_id(id) {
             return Err(Error::UploadUnknown);
         }
+        // The session's objects are queued for deletion in the same transaction.
         self.meta
             .delete_upload(repo, id)
             .await?
             .ok_or(Error::UploadUnknown)?;
-        self.storage.delete_upload_objects(id, None).await?;
+        self.work_queued();
         metrics::counter!("aerugo_upload_sessions_total", "event" => "cancelled").increment(1);
         Ok(())
     }
@@ -386,9 +362,10 @@ impl Registry {
         }
         let computed = hasher.finish();
         if &computed != digest {
-            // The data is gone with the session: a mismatched upload leaves nothing behind.
+            // The data goes with the session (queued in its transaction): a mismatched upload
+            // leaves nothing behind.
             self.meta.delete_upload(repo, &row.id).await?;
-            self.storage.delete_upload_objects(&row.id, None).await?;
+            self.work_queued();
             metrics::counter!("aerugo_upload_sessions_total", "event" => "digest_mismatch")
                 .increment(1);
             return Err(Error::DigestInvalid(format!(
@@ -396,44 +373,63 @@ impl Registry {
             )));
         }
         let size = row.offset;
-        let key = match self.meta.blob(digest).await? {
-            Some(existing) => existing.storage_key,
-            None => self.assemble(&row).await?,
-        };
-        let blob = NewBlob {
+        let mut blob = NewBlob {
             digest: digest.clone(),
             size,
-            storage_key: key,
+            storage_key: None,
         };
-        let committed = self
+        // First ask the store to reuse an existing blob (decided inside its transaction); only
+        // when there is none are the bytes assembled, then the finish is asked again with them.
+        let mut committed = self
             .meta
             .finish_upload(repo, &row.id, row.offset, &blob)
             .await?;
+        if committed == Some(BlobCommit::NeedsBytes) {
+            let key = match self.assemble(&row).await {
+                Ok(key) => key,
+                // Another finish of this session won meanwhile and its objects went.
+                Err(_) if self.meta.upload(repo, &row.id).await?.is_none() => {
+                    return Err(Error::UploadUnknown);
+                }
+                Err(e) => return Err(e),
+            };
+            blob.storage_key = Some(key.clone());
+            committed = self
+                .meta
+                .finish_upload(repo, &row.id, row.offset, &blob)
+                .await?;
+            if committed.is_none() && row.parts.len() > 1 {
+                // This finish lost to another one: its joined object (a key of its own) is
+                // referred to by nothing.
+                self.storage.delete(&key).await?;
+            }
+        }
         if committed.is_some() {
             metrics::counter!("aerugo_upload_sessions_total", "event" => "completed").increment(1);
         }
         match committed {
-            None => Err(Error::UploadUnknown),
+            None | Some(BlobCommit::NeedsBytes) => Err(Error::UploadUnknown),
             Some(BlobCommit::Inserted) => {
-                self.storage
-                    .delete_upload_objects(&row.id, Some(&blob.storage_key))
-                    .await?;
+                if row.parts.len() > 1 {
+                    // The parts were queued for deletion with the commit.
+                    self.work_queued();
+                }
                 tracing::info!(repo.name = %repo, blob.digest = %digest, size_bytes = size, "blob stored");
                 Ok(BlobRow {
                     digest: blob.digest,
                     size,
-                    storage_key: blob.storage_key,
+                    storage_key: blob.storage_key.unwrap_or_default(),
                 })
             }
             Some(BlobCommit::AlreadyPresent(existing)) => {
-                self.storage.delete_upload_objects(&row.id, None).await?;
+                self.work_queued();
                 Ok(existing)
             }
         }
     }
 
     /// Produces the single object holding the whole blob: the only part as is, or the parts
-    /// joined in order into a new object (by the backend: in the kernel on `fs`, streamed through
+    /// joined in order into a new object of this finish's own (by the backend: in the kernel on `fs`, streamed through
     /// the node elsewhere, never buffered whole).
     async fn assemble(&self, row: &UploadRow) -> Result<String> {
         match row.parts.as_slice() {

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::support::{assert_error, blob, header, node, node_with, send, stored_objects};
+use crate::support::{assert_error, blob, header, node, node_with, send, settled_objects};
 
 #[tokio::test]
 async fn every_upload_style_round_trips() {
@@ -120,7 +120,11 @@ async fn identical_content_is_stored_once() {
     c.push_blob_monolithic("dedupe/one", &b).await.unwrap();
     c.push_blob_chunked("dedupe/two", &b, 20_000).await.unwrap();
     c.push_blob_streamed("dedupe/one", &b).await.unwrap();
-    assert_eq!(stored_objects(&node), 1, "one object for one content");
+    assert_eq!(
+        settled_objects(&node, 1).await,
+        1,
+        "one object for one content"
+    );
     assert_eq!(
         c.get_blob_ok("dedupe/two", &b.digest).await.unwrap(),
         b.data

@@ -126,6 +126,19 @@ pub(crate) async fn send(client: &RegistryClient, method: Method, path: &str) ->
         .expect("request sent")
 }
 
+/// [`stored_objects`] once it reaches `expected` (objects of ended uploads are deleted by the
+/// node's queue consumer right after the commit that queued them), or after 10 s whatever it is.
+pub(crate) async fn settled_objects(node: &Node, expected: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n = stored_objects(node);
+        if n == expected || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Counts the files under the node's blob storage, ignoring the atomic-write scratch directory.
 pub(crate) fn stored_objects(node: &Node) -> usize {
     fn walk(dir: &std::path::Path) -> usize {

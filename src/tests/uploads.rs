@@ -4,7 +4,9 @@
 use aerugo_testkit::RegistryClient;
 use reqwest::{Method, StatusCode};
 
-use crate::support::{assert_error, blob, header, node, node_with, send, stored_objects};
+use crate::support::{
+    assert_error, blob, header, node, node_with, send, settled_objects, stored_objects,
+};
 
 async fn start(c: &RegistryClient, repo: &str) -> String {
     let res = send(c, Method::POST, &format!("/v2/{repo}/blobs/uploads/")).await;
@@ -66,7 +68,11 @@ async fn chunks_must_arrive_in_order() {
         Some(b.digest.as_str())
     );
     assert_eq!(c.get_blob_ok("chunks/a", &b.digest).await.unwrap(), b.data);
-    assert_eq!(stored_objects(&node), 1, "parts are joined and removed");
+    assert_eq!(
+        settled_objects(&node, 1).await,
+        1,
+        "parts are joined and removed"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +169,7 @@ async fn digest_mismatch_leaves_nothing_behind() {
         .unwrap();
     assert_error(res, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     assert_eq!(
-        stored_objects(&node),
+        settled_objects(&node, 0).await,
         0,
         "no partial or mismatched data is kept"
     );
@@ -219,7 +225,7 @@ async fn cancel_and_unknown_sessions() {
         "BLOB_UPLOAD_UNKNOWN",
     )
     .await;
-    assert_eq!(stored_objects(&node), 0);
+    assert_eq!(settled_objects(&node, 0).await, 0);
     // Unknown ids, malformed ids, and a session addressed through another repository.
     let other = start(&c, "cancel/a").await;
     let id = other.rsplit('/').next().unwrap();
@@ -443,7 +449,7 @@ async fn abandoned_uploads_are_purged_with_their_objects() {
     }
     // Its chunks are deleted too; the finished blobs are intact.
     assert_eq!(
-        stored_objects(&node),
+        settled_objects(&node, before + 1).await,
         before + 1,
         "objects of the purged upload"
     );

@@ -819,32 +819,6 @@ impl IdentityStore for PostgresStore {
         rows.iter().map(repo_summary).collect()
     }
 
-    async fn delete_repository(&self, repo: &str) -> Result<bool> {
-        self.write("delete_repository", repo, |tx, &repo| {
-            Box::pin(async move {
-                let Some(id) = repo_id(tx, repo).await? else {
-                    return Ok(false);
-                };
-                for sql in [
-                    "DELETE FROM tags WHERE repo_id = $1",
-                    "DELETE FROM manifest_blobs WHERE repo_id = $1",
-                    "DELETE FROM manifest_children WHERE repo_id = $1",
-                    "DELETE FROM manifests WHERE repo_id = $1",
-                    "DELETE FROM repository_blobs WHERE repo_id = $1",
-                    "DELETE FROM repo_permissions WHERE repo_id = $1",
-                    "DELETE FROM upload_parts
-                     WHERE upload_id IN (SELECT id FROM uploads WHERE repo_id = $1)",
-                    "DELETE FROM uploads WHERE repo_id = $1",
-                    "DELETE FROM repositories WHERE id = $1",
-                ] {
-                    exec(tx, sql, &[&id]).await?;
-                }
-                Ok(true)
-            })
-        })
-        .await
-    }
-
     async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool> {
         let (kind, sid) = subject_cols(subject);
         self.write(

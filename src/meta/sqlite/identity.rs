@@ -603,32 +603,6 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
-    async fn delete_repository(&self, repo: &str) -> Result<bool> {
-        let repo = repo.to_owned();
-        self.write(move |tx| {
-            let Some(id): Option<String> =
-                tx.qrow("SELECT id FROM repositories WHERE name = ?1", [&repo], |r| r.get(0)).optional()?
-            else {
-                return Ok(false);
-            };
-            for table in [
-                "tags",
-                "manifest_blobs",
-                "manifest_children",
-                "manifests",
-                "repository_blobs",
-                "repo_permissions",
-            ] {
-                tx.exec(&format!("DELETE FROM {table} WHERE repo_id = ?1"), [&id])?;
-            }
-            tx.exec("DELETE FROM upload_parts WHERE upload_id IN (SELECT id FROM uploads WHERE repo_id = ?1)", [&id])?;
-            tx.exec("DELETE FROM uploads WHERE repo_id = ?1", [&id])?;
-            tx.exec("DELETE FROM repositories WHERE id = ?1", [&id])?;
-            Ok(true)
-        })
-        .await
-    }
-
     async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool> {
         let (repo, permission) = (repo.to_owned(), permission.to_owned());
         let (kind, sid) = subject_cols(subject);
