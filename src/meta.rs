@@ -258,6 +258,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// already `holder`'s (a renewal); `true` when `holder` holds it afterwards. Exactly one of
     /// several concurrent callers wins a free lease.
     async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+    /// The id of the cluster this database belongs to, created (from `candidate`) by the first
+    /// caller ever; every later caller, concurrent ones included, gets that same id.
+    async fn cluster_id(&self, candidate: &str) -> Result<String>;
     /// Upload sessions last advanced before `before` (milliseconds), oldest first, at most `limit`.
     async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>>;
     /// Deletes an upload session and its parts if it still has not advanced since `before`;

@@ -105,6 +105,19 @@ pub(crate) async fn run_all(store: Arc<dyn MetaStore>) {
     concurrent_repository_creation_and_blob_commits(&store).await;
     stale_uploads_and_their_removal(s).await;
     leases_have_one_holder(&store).await;
+    the_cluster_id_is_created_once(&store).await;
+}
+
+async fn the_cluster_id_is_created_once(store: &Arc<dyn MetaStore>) {
+    // Nodes starting together on a fresh database all get the first committed id.
+    let racers = (0..8).map(|i| {
+        let store = store.clone();
+        async move { store.cluster_id(&format!("candidate-{i}")).await.unwrap() }
+    });
+    let ids = futures::future::join_all(racers).await;
+    assert!(ids[0].starts_with("candidate-"), "{ids:?}");
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    assert_eq!(store.cluster_id("later").await.unwrap(), ids[0]);
 }
 
 async fn empty_store_answers(s: &dyn MetaStore) {
