@@ -224,7 +224,9 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// The URL clients reach this registry at: `server.public_url`, else the request's scheme
-/// (`X-Forwarded-Proto`) and `Host`.
+/// (`X-Forwarded-Proto`) and `Host`. A `Host` that is not `host[:port]` (a DNS name, an IPv4
+/// address or a bracketed IPv6 literal, and an optional port) is replaced by `localhost`, so a
+/// client can never put quotes, commas or other parameters into a challenge's realm.
 pub(crate) fn public_base(state: &ApiState, headers: &axum::http::HeaderMap) -> String {
     if !state.public_url.is_empty() {
         return state.public_url.trim_end_matches('/').to_owned();
@@ -232,7 +234,7 @@ pub(crate) fn public_base(state: &ApiState, headers: &axum::http::HeaderMap) -> 
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|h| is_host_and_port(h))
         .unwrap_or("localhost");
     let proto = headers
         .get("x-forwarded-proto")
@@ -240,6 +242,61 @@ pub(crate) fn public_base(state: &ApiState, headers: &axum::http::HeaderMap) -> 
         .filter(|p| *p == "https" || *p == "http")
         .unwrap_or("http");
     format!("{proto}://{host}")
+}
+
+/// `value` as an HTTP quoted-string (RFC 9110 §5.6.4): in quotes, with `"` and `\` escaped, for
+/// challenge parameters.
+pub(crate) fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Whether `value` is `host[:port]` as a `Host` header may carry it: a registered name (letters,
+/// digits, `-`, `_` and `.`, at most 253 bytes), or `[<IPv6 address>]`, then an optional decimal
+/// port up to 65535.
+fn is_host_and_port(value: &str) -> bool {
+    let port = if let Some(rest) = value.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        if after.is_empty() {
+            None
+        } else if let Some(port) = after.strip_prefix(':') {
+            Some(port)
+        } else {
+            return false;
+        }
+    } else {
+        let (name, port) = match value.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (value, None),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return false;
+        }
+        port
+    };
+    port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    })
 }
 
 /// Counts requests and records their latency by route, method and status.
@@ -375,5 +432,56 @@ async fn readyz(State(state): State<ApiState>) -> Response {
                 serde_json::json!({ "status": "unavailable", "reason": "dependencies unavailable" }),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_are_host_and_port_only() {
+        for good in [
+            "localhost",
+            "localhost:5000",
+            "registry.example.com",
+            "registry.example.com:443",
+            "aerugo_1:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:5000",
+            "[2001:db8::7]:443",
+        ] {
+            assert!(is_host_and_port(good), "{good}");
+        }
+        for bad in [
+            "",
+            "evil\",service=\"x",
+            "a\"b",
+            "host:",
+            "host:65536",
+            "host:123456",
+            "host:12a",
+            "host:80:81",
+            "a,b",
+            "a b",
+            "a/b",
+            "user@host",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[not-v6]:80",
+            "[::1]:5000\",error=\"x",
+            ":80",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+        assert!(!is_host_and_port(&"a".repeat(254)));
+    }
+
+    #[test]
+    fn quoted_strings_escape_quotes_and_backslashes() {
+        assert_eq!(quoted("aerugo"), "\"aerugo\"");
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }

@@ -179,6 +179,14 @@ pub async fn build_registry(
         login_window_seconds: config.auth.login_window_seconds,
         self_signup: config.auth.self_signup,
     };
+    // The database's cluster id (created by the first node ever to start on it) keeps this
+    // deployment's Redis entries and invalidations apart from any other's on the same Redis.
+    let cluster_id = stores
+        .meta
+        .cluster_id(&uuid::Uuid::new_v4().simple().to_string())
+        .await
+        .context("reading the cluster id from the metadata database")?;
+    tracing::info!(cluster.id = %cluster_id, "cluster identity");
     let registry = Registry::new(
         stores.meta,
         stores.identity,
@@ -186,6 +194,7 @@ pub async fn build_registry(
         Settings::from_config(config),
         tokens,
         &config.cache,
+        &cluster_id,
     )
     .context("setting up the caches")?;
     if let Some(generated) = registry

@@ -208,20 +208,72 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host/…` URL with `***`.
+/// A database or Redis URL fit for logs, errors and `config check`: the password is gone in every
+/// form a driver accepts (`user:password@` userinfo, even holding `/`, `?` or `@`; a `password`
+/// query parameter, its name or value percent-encoded or not), the rest kept for diagnosis.
+///
+/// The userinfo is taken to end at the *last* `@` of the URL, further than any driver reads it
+/// (tokio-postgres stops at the first), so a password with a raw `@` or `/` is hidden whole; a
+/// userinfo that is not a plain user name is hidden entirely. Text that is not a URL is shown only
+/// when it cannot hold a secret (no `@`, `=` or the word "password").
 pub fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "***";
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        let risky = url.contains(['@', '=']) || url.to_ascii_lowercase().contains("password");
+        return if risky {
+            HIDDEN.to_owned()
+        } else {
+            url.to_owned()
+        };
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (Some(userinfo), rest),
+        None => (None, rest),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, _)) => (user, true),
+            None => (userinfo, false),
+        };
+        let plain = user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%+!$'()*,;".contains(&b));
+        if !plain {
+            out.push_str(HIDDEN);
+        } else if password {
+            out.push_str(user);
+            out.push(':');
+            out.push_str(HIDDEN);
+        } else {
+            out.push_str(user);
+        }
+        out.push('@');
     }
+    let (base, query) = match rest.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (rest, None),
+    };
+    out.push_str(base);
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| {
+                let (key, _) = param.split_once('=').unwrap_or((param, ""));
+                let decoded: String = form_urlencoded::parse(key.as_bytes())
+                    .map(|(k, v)| format!("{k}{v}"))
+                    .collect();
+                if decoded.to_ascii_lowercase().contains("password") {
+                    format!("{key}={HIDDEN}")
+                } else {
+                    param.to_owned()
+                }
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Which blob backend to use.
@@ -458,6 +510,8 @@ pub struct CacheConfig {
     /// Redis URL (`redis://host:port/db`). Unset: moka only (embedded mode, one node).
     pub redis_url: Option<Secret>,
     /// Prefix of every Redis key and of the invalidation channel; nodes of one cluster share it.
+    /// The metadata database's cluster id is appended (`<key_prefix>:<cluster id>:`), so
+    /// deployments with different databases never share entries, whatever their prefix.
     pub key_prefix: String,
     /// Weight budget of the manifest cache in bytes (entries weigh their payload size).
     pub manifest_max_bytes: u64,
@@ -724,6 +778,44 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+        // Every form a password can take: raw `/`, `?`, `@` or `:` in it, percent-encoded, as a
+        // query parameter (name or value encoded), after a query value holding `@`.
+        let cases = [
+            ("postgres://u:pa/ss@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u:p?a=b@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@ss:w@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p%2Fs%40s@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?password=s3cret",
+                "postgres://u@h/db?password=***",
+            ),
+            (
+                "postgres://h/db?sslmode=require&password=s3cret&application_name=a",
+                "postgres://h/db?sslmode=require&password=***&application_name=a",
+            ),
+            (
+                "postgres://h/db?pass%77ord=s3cret",
+                "postgres://h/db?pass%77ord=***",
+            ),
+            (
+                "postgres://h/db?PASSWORD=s3cret",
+                "postgres://h/db?PASSWORD=***",
+            ),
+            (
+                "postgres://h/db?sslpassword=s3cret",
+                "postgres://h/db?sslpassword=***",
+            ),
+            ("postgres://u@h/db?password=s3@cret", "postgres://***@cret"),
+            ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("host=h password=s3cret", "***"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "{url}");
+            for secret in ["pa/ss", "s3cret", "p%2Fs", "ss:w", "p?a"] {
+                assert!(!got.contains(secret), "{url} -> {got}");
+            }
+        }
         let mut c = Config::default();
         c.database.url = "postgres://u:hunter2@h/db".into();
         c.auth.admin_password = Some(Secret::new("hunter2"));

@@ -429,6 +429,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// garbage collection); `false` when unknown.
     async fn delete_repository(&self, repo: &RepoName) -> Result<bool>;
 
+
+    /// The id of the cluster this database belongs to, created (from `candidate`) by the first
+    /// caller ever; every later caller, concurrent ones included, gets that same id.
+    async fn cluster_id(&self, candidate: &str) -> Result<String>;
     /// Upload sessions last advanced before `before` (milliseconds), oldest first, at most `limit`.
     async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>>;
     /// Deletes an upload session and its parts if it still has not advanced since `before`;

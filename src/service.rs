@@ -192,6 +192,10 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry over the metadata and identity stores, blob storage and the caches
     /// (fails only on an invalid `cache.redis_url`; Redis itself need not be up).
+    ///
+    /// `cluster_id` is the metadata database's cluster id ([`MetaStore::cluster_id`]): Redis keys
+    /// and the invalidation channel live under `<cache.key_prefix>:<cluster_id>`, so deployments
+    /// with different databases never share entries on one Redis, whatever their prefix.
     pub fn new(
         meta: Arc<dyn MetaStore>,
         identity: Arc<dyn IdentityStore>,
@@ -199,8 +203,11 @@ impl Registry {
         settings: Settings,
         tokens: TokenSettings,
         cache: &crate::config::CacheConfig,
+        cluster_id: &str,
     ) -> Result<Self> {
-        let caches = Caches::new(cache).map_err(|e| Error::Internal(e.into()))?;
+        let mut cache = cache.clone();
+        cache.key_prefix = format!("{}:{cluster_id}", cache.key_prefix);
+        let caches = Caches::new(&cache).map_err(|e| Error::Internal(e.into()))?;
         let logins = LocalCache::new(10_000, std::time::Duration::from_secs(60));
         let hook = logins.clone();
         caches.on_flush(caching::LOGINS, move || hook.clear());

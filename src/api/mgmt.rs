@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::credentials::{Credentials, client_address};
-use super::{ApiState, public_base};
+use super::{ApiState, public_base, quoted};
 use crate::oci::RepoName;
 use crate::service::{Identity, Registry};
 
@@ -230,7 +230,7 @@ async fn challenge(State(state): State<ApiState>, req: Request, next: Next) -> R
     let mut res = next.run(req).await;
     if res.status() == StatusCode::UNAUTHORIZED
         && !res.headers().contains_key(header::WWW_AUTHENTICATE)
-        && let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer realm={}", quoted(&realm)))
     {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

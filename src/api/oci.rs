@@ -151,14 +151,15 @@ impl Challenge {
             return err;
         }
         let mut value = format!(
-            "Bearer realm=\"{}\",service=\"{}\"",
-            self.realm, self.service
+            "Bearer realm={},service={}",
+            super::quoted(&self.realm),
+            super::quoted(&self.service)
         );
         if let Some(scope) = &self.scope {
-            value.push_str(&format!(",scope=\"{scope}\""));
+            value.push_str(&format!(",scope={}", super::quoted(scope)));
         }
         if let Some(error) = error {
-            value.push_str(&format!(",error=\"{error}\""));
+            value.push_str(&format!(",error={}", super::quoted(error)));
         }
         err.header(header::WWW_AUTHENTICATE, value)
     }

@@ -19,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use super::ApiState;
 use super::credentials::{Credentials, client_address};
 use super::oci::OciError;
-use crate::auth::scope::{Scope, parse_scopes};
+use crate::auth::scope::{Scope, parse_requested_scopes};
 use crate::service::{Error, Identity, IssuedToken};
 
 fn pairs(raw: &[u8]) -> Vec<(String, String)> {
@@ -67,6 +67,24 @@ fn token_response(
         .into_response()
 }
 
+/// The scopes a token request asks for, within the limits on their number and size (checked
+/// before any credential, so an oversized request costs no password check); 400 beyond them.
+fn requested_scopes(pairs: &[(String, String)]) -> Result<Vec<Scope>, Response> {
+    parse_requested_scopes(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    )
+    .map_err(|message| bad_request(&message))
+}
+
+/// The `service` a token request names, else this registry's. A refresh token is redeemed only
+/// for the service it was issued for, so a request naming another one is refused like a bad token.
+fn requested_service<'a>(state: &'a ApiState, pairs: &'a [(String, String)]) -> &'a str {
+    first(pairs, "service").unwrap_or_else(|| state.registry.service_name())
+}
+
 /// A failed token request: 401 (with a Basic challenge so clients prompt for credentials), 429, 400.
 fn token_error(err: Error) -> Response {
     let mut e: OciError = err.into();
@@ -89,11 +107,10 @@ pub(super) async fn get_token(
     headers: HeaderMap,
 ) -> Response {
     let q = pairs(uri.query().unwrap_or("").as_bytes());
-    let scopes: Vec<Scope> = q
-        .iter()
-        .filter(|(k, _)| k == "scope")
-        .flat_map(|(_, v)| parse_scopes(v))
-        .collect();
+    let scopes = match requested_scopes(&q) {
+        Ok(scopes) => scopes,
+        Err(res) => return res,
+    };
     let reg = &state.registry;
     let identity = match Credentials::from_headers(&headers) {
         Credentials::None => None,
@@ -111,7 +128,10 @@ pub(super) async fn get_token(
             }
         }
         // A refresh token presented as a Bearer credential (some clients do this on GET).
-        Credentials::Bearer(t) => match reg.redeem_refresh_token(&t, reg.service_name()).await {
+        Credentials::Bearer(t) => match reg
+            .redeem_refresh_token(&t, requested_service(&state, &q))
+            .await
+        {
             Ok(identity) => Some(identity),
             Err(e) => return token_error(e),
         },
@@ -136,11 +156,10 @@ pub(super) async fn post_token(
         return bad_request("the token endpoint takes an application/x-www-form-urlencoded form");
     }
     let form = pairs(&body);
-    let scopes: Vec<Scope> = form
-        .iter()
-        .filter(|(k, _)| k == "scope")
-        .flat_map(|(_, v)| parse_scopes(v))
-        .collect();
+    let scopes = match requested_scopes(&form) {
+        Ok(scopes) => scopes,
+        Err(res) => return res,
+    };
     let reg = &state.registry;
     let (identity, reuse_refresh) = match first(&form, "grant_type") {
         Some("password") => {
@@ -160,7 +179,10 @@ pub(super) async fn post_token(
             let Some(rt) = first(&form, "refresh_token") else {
                 return bad_request("grant_type=refresh_token needs refresh_token");
             };
-            match reg.redeem_refresh_token(rt, reg.service_name()).await {
+            match reg
+                .redeem_refresh_token(rt, requested_service(&state, &form))
+                .await
+            {
                 Ok(identity) => (identity, Some(rt.to_owned())),
                 Err(e) => return token_error(e),
             }

@@ -171,6 +171,45 @@ pub fn parse_scopes(value: &str) -> Vec<Scope> {
         .collect()
 }
 
+/// Most scope entries one token request may ask for. Real clients ask for one to a handful
+/// (a push with cross-repository mounts names a few); each entry costs an access decision.
+pub const MAX_SCOPES_PER_REQUEST: usize = 100;
+
+/// Most bytes all `scope` parameters of one token request may hold together (about 100 entries
+/// with names of the longest allowed length).
+pub const MAX_SCOPE_BYTES_PER_REQUEST: usize = 32 * 1024;
+
+/// Parses every `scope` parameter of a token request, refusing a request that asks for more than
+/// [`MAX_SCOPES_PER_REQUEST`] entries or [`MAX_SCOPE_BYTES_PER_REQUEST`] bytes; the message says
+/// which limit was passed. Malformed entries count towards the limit and are then skipped.
+pub fn parse_requested_scopes<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Scope>, String> {
+    let mut bytes = 0usize;
+    let mut entries = 0usize;
+    let mut scopes = Vec::new();
+    for value in values {
+        bytes = bytes.saturating_add(value.len());
+        if bytes > MAX_SCOPE_BYTES_PER_REQUEST {
+            return Err(format!(
+                "the scope parameters hold more than {MAX_SCOPE_BYTES_PER_REQUEST} bytes"
+            ));
+        }
+        for entry in value.split_ascii_whitespace() {
+            entries += 1;
+            if entries > MAX_SCOPES_PER_REQUEST {
+                return Err(format!(
+                    "a token request may ask for at most {MAX_SCOPES_PER_REQUEST} scopes"
+                ));
+            }
+            if let Ok(scope) = entry.parse() {
+                scopes.push(scope);
+            }
+        }
+    }
+    Ok(scopes)
+}
+
 /// Folds scopes with the same type and name into one with the union of their actions, sorted
 /// by type then name.
 pub fn merge_scopes(scopes: impl IntoIterator<Item = Scope>) -> Vec<Scope> {

@@ -93,6 +93,18 @@ async fn push_blob(store: &dyn MetaStore, r: &RepoName, seed: &str, size: u64) -
     d
 }
 
+async fn the_cluster_id_is_created_once(store: &Arc<dyn MetaStore>) {
+    // Nodes starting together on a fresh database all get the first committed id.
+    let racers = (0..8).map(|i| {
+        let store = store.clone();
+        async move { store.cluster_id(&format!("candidate-{i}")).await.unwrap() }
+    });
+    let ids = futures::future::join_all(racers).await;
+    assert!(ids[0].starts_with("candidate-"), "{ids:?}");
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    assert_eq!(store.cluster_id("later").await.unwrap(), ids[0]);
+}
+
 async fn empty_store_answers(s: &dyn MetaStore) {
     s.ping().await.unwrap();
     let r = repo("nothing/here");
@@ -1345,6 +1357,7 @@ async fn body(name: &str, meta: Arc<dyn MetaStore>, ids: Arc<dyn IdentityStore>)
         }
         "stale_uploads_and_their_removal" => stale_uploads_and_their_removal(s).await,
         "leases_have_one_holder" => leases_have_one_holder(&meta).await,
+        "the_cluster_id_is_created_once" => the_cluster_id_is_created_once(&meta).await,
         "concurrent_claims_are_exclusive" => queue::concurrent_claims_are_exclusive(meta).await,
         "a_lapsed_claim_comes_back" => queue::a_lapsed_claim_comes_back(meta).await,
         "retries_honour_their_time_and_the_last_failure_buries" => {
@@ -1425,6 +1438,7 @@ conformance!(
     concurrent_repository_creation_and_blob_commits,
     stale_uploads_and_their_removal,
     leases_have_one_holder,
+    the_cluster_id_is_created_once,
     concurrent_claims_are_exclusive,
     a_lapsed_claim_comes_back,
     retries_honour_their_time_and_the_last_failure_buries,

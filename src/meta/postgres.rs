@@ -1300,7 +1300,7 @@ impl MetaStore for PostgresStore {
                         "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_at = $3
                          WHERE id = $4 AND byte_offset = $5",
                         &[
-                            &to_i64(part.start + part.size),
+                            &to_i64(part.start.saturating_add(part.size)),
                             &hash_state,
                             &now_millis(),
                             &id,
@@ -1671,6 +1671,24 @@ impl MetaStore for PostgresStore {
             Box::pin(async move { queue::run(&mut PgDb(tx), op).await })
         })
         .await
+    }
+
+    async fn cluster_id(&self, candidate: &str) -> Result<String> {
+        self.write("cluster_id", candidate, |tx, &candidate| {
+            Box::pin(async move {
+                exec(
+                    tx,
+                    "INSERT INTO cluster (singleton, id, created_at) VALUES (1, $1, $2)
+                     ON CONFLICT (singleton) DO NOTHING",
+                    &[&candidate, &now_millis()],
+                )
+                .await?;
+                let row = opt(tx, "SELECT id FROM cluster WHERE singleton = 1", &[]).await?;
+                Ok(row.map(|r| r.get::<_, String>(0)))
+            })
+        })
+        .await?
+        .ok_or_else(|| Error::Corrupt("the cluster row is missing after its insert".into()))
     }
 
     async fn stale_uploads(&self, before: i64, limit: u32) -> Result<Vec<StaleUpload>> {

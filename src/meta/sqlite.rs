@@ -599,7 +599,7 @@ impl MetaStore for SqliteStore {
                 "UPDATE uploads SET byte_offset = ?1, hash_state = ?2, updated_at = ?3
                  WHERE id = ?4 AND byte_offset = ?5",
                 params![
-                    to_i64(part.start + part.size),
+                    to_i64(part.start.saturating_add(part.size)),
                     state,
                     now_millis(),
                     id,
@@ -1004,6 +1004,21 @@ impl MetaStore for SqliteStore {
                 &repo,
                 now_millis(),
             ))
+        })
+        .await
+    }
+
+    async fn cluster_id(&self, candidate: &str) -> Result<String> {
+        let candidate = candidate.to_owned();
+        self.write(move |tx| {
+            tx.exec(
+                "INSERT INTO cluster (singleton, id, created_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT (singleton) DO NOTHING",
+                params![candidate, now_millis()],
+            )?;
+            tx.qrow("SELECT id FROM cluster WHERE singleton = 1", [], |r| {
+                r.get(0)
+            })
         })
         .await
     }

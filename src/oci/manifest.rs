@@ -25,6 +25,21 @@ pub mod media_types {
     /// Docker signed schema 1 (refused).
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    /// Docker foreign layer: content that may live outside the registry (`urls`).
+    pub const DOCKER_FOREIGN_LAYER: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    /// OCI non-distributable layers (deprecated by the spec, still pushed): may carry `urls`.
+    pub const OCI_NONDISTRIBUTABLE_LAYERS: [&str; 3] = [
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    ];
+
+    /// Whether a layer of this media type may be left out of the registry (a foreign or
+    /// non-distributable layer): the only descriptors that may carry `urls`.
+    pub fn is_non_distributable(media_type: &str) -> bool {
+        media_type == DOCKER_FOREIGN_LAYER || OCI_NONDISTRIBUTABLE_LAYERS.contains(&media_type)
+    }
 }
 
 use media_types::*;
@@ -47,7 +62,8 @@ pub struct Descriptor {
     pub digest: Digest,
     /// The referenced content's size.
     pub size: u64,
-    /// Whether the content is allowed to live outside the registry (foreign layers with URLs).
+    /// Whether the content is allowed to live outside the registry: only a non-distributable
+    /// (foreign) layer with `urls`. Config, distributable layers and manifests never are.
     pub external: bool,
 }
 
@@ -123,7 +139,16 @@ struct RawManifest {
     fs_layers: Option<Value>,
 }
 
-fn descriptor(raw: RawDescriptor, field: &str) -> Result<Descriptor, ManifestError> {
+/// Where a descriptor sits, which decides whether it may carry `urls`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// An image manifest's `layers` entry: `urls` allowed on non-distributable media types.
+    Layer,
+    /// `config`, an index entry or `subject`: always in the registry, never `urls`.
+    Other,
+}
+
+fn descriptor(raw: RawDescriptor, field: &str, slot: Slot) -> Result<Descriptor, ManifestError> {
     let media_type = raw
         .media_type
         .filter(|m| !m.is_empty())
@@ -138,6 +163,24 @@ fn descriptor(raw: RawDescriptor, field: &str) -> Result<Descriptor, ManifestErr
         .ok_or_else(|| ManifestError::Invalid(format!("{field}: size is required")))?;
     let size = u64::try_from(size)
         .map_err(|_| ManifestError::Invalid(format!("{field}: size must not be negative")))?;
+    // `urls` would excuse the content from the referenced-blob check, so it is accepted only where
+    // the spec allows content outside the registry: on non-distributable (foreign) layers.
+    if !raw.urls.is_empty() {
+        if slot != Slot::Layer || !media_types::is_non_distributable(&media_type) {
+            return Err(ManifestError::Invalid(format!(
+                "{field}: urls is allowed only on non-distributable layers, not on {media_type}"
+            )));
+        }
+        if let Some(bad) = raw
+            .urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(ManifestError::Invalid(format!(
+                "{field}: urls must be http or https URLs, not {bad:?}"
+            )));
+        }
+    }
     Ok(Descriptor {
         media_type,
         digest,
@@ -189,7 +232,10 @@ pub fn parse_manifest(
         OCI_INDEX | DOCKER_MANIFEST_LIST => ManifestKind::Index,
         other => return Err(ManifestError::MediaType(other.to_owned())),
     };
-    let subject = raw.subject.map(|s| descriptor(s, "subject")).transpose()?;
+    let subject = raw
+        .subject
+        .map(|s| descriptor(s, "subject", Slot::Other))
+        .transpose()?;
     let mut blobs = Vec::new();
     let mut children = Vec::new();
     let mut artifact_type = raw.artifact_type.filter(|a| !a.is_empty());
@@ -203,7 +249,7 @@ pub fn parse_manifest(
             let config = raw
                 .config
                 .ok_or_else(|| ManifestError::Invalid("config is required".into()))?;
-            let config = descriptor(config, "config")?;
+            let config = descriptor(config, "config", Slot::Other)?;
             if artifact_type.is_none() {
                 artifact_type = Some(config.media_type.clone());
             }
@@ -212,7 +258,7 @@ pub fn parse_manifest(
                 .layers
                 .ok_or_else(|| ManifestError::Invalid("layers is required".into()))?;
             for (i, layer) in layers.into_iter().enumerate() {
-                blobs.push(descriptor(layer, &format!("layers[{i}]"))?);
+                blobs.push(descriptor(layer, &format!("layers[{i}]"), Slot::Layer)?);
             }
         }
         ManifestKind::Index => {
@@ -225,7 +271,7 @@ pub fn parse_manifest(
                 .manifests
                 .ok_or_else(|| ManifestError::Invalid("manifests is required".into()))?;
             for (i, m) in manifests.into_iter().enumerate() {
-                children.push(descriptor(m, &format!("manifests[{i}]"))?);
+                children.push(descriptor(m, &format!("manifests[{i}]"), Slot::Other)?);
             }
         }
     }
@@ -286,6 +332,49 @@ mod tests {
         assert_eq!(m.kind, ManifestKind::Index);
         assert_eq!(m.media_type, DOCKER_MANIFEST_LIST);
         assert_eq!(m.children.len(), 1);
+    }
+
+    #[test]
+    fn urls_only_on_non_distributable_layers() {
+        let urls = r#","urls":["https://example.com/layer"]"#;
+        let config = "application/vnd.oci.image.config.v1+json";
+        let layer = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let body = |config_extra: &str, layer_type: &str, layer_extra: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}",
+                "config":{{"mediaType":"{config}","digest":"{D1}","size":2{config_extra}}},
+                "layers":[{{"mediaType":"{layer_type}","digest":"{D2}","size":3{layer_extra}}}]}}"#
+            )
+        };
+        // Foreign and non-distributable layers may live elsewhere: they are not checked.
+        for foreign in std::iter::once(media_types::DOCKER_FOREIGN_LAYER)
+            .chain(media_types::OCI_NONDISTRIBUTABLE_LAYERS)
+        {
+            let m = parse_manifest(None, body("", foreign, urls).as_bytes()).unwrap();
+            assert!(!m.blobs[0].external && m.blobs[1].external, "{foreign}");
+            // Without urls a non-distributable layer must be in the registry like any other.
+            let m = parse_manifest(None, body("", foreign, "").as_bytes()).unwrap();
+            assert!(!m.blobs[1].external, "{foreign}");
+        }
+        let refused = [
+            body(urls, layer, ""),
+            body("", layer, urls),
+            body(
+                "",
+                media_types::DOCKER_FOREIGN_LAYER,
+                r#","urls":["file:///etc/passwd"]"#,
+            ),
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":5{urls}}}]}}"#
+            ),
+            image(&format!(
+                r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":9{urls}}}"#
+            )),
+        ];
+        for b in refused {
+            let err = parse_manifest(None, b.as_bytes()).unwrap_err();
+            assert!(matches!(err, ManifestError::Invalid(_)), "{b}: {err:?}");
+        }
     }
 
     #[test]

@@ -224,10 +224,16 @@ impl Registry {
         let Some(user) = self.identity.user_by_id(&key.user_id).await? else {
             return Ok(None);
         };
+        // A scope this node does not know (written by a newer version, or by hand) grants
+        // nothing: the key is refused rather than widened to "all".
         let scope = match key.scope_kind.as_str() {
+            "all" => KeyScope::All,
             "namespace" => KeyScope::Namespace(key.scope_name.clone()),
             "repository" => KeyScope::Repository(key.scope_name.clone()),
-            _ => KeyScope::All,
+            other => {
+                tracing::warn!(key.id = %key.id, scope = %other, "API key with an unknown scope refused");
+                return Ok(None);
+            }
         };
         let Ok(cap) = key.permission.parse::<Permission>() else {
             return Ok(None);

@@ -40,7 +40,7 @@ impl Registry {
         }
         let mut items = self
             .meta
-            .list_tags(repo, last, size + 1)
+            .list_tags(repo, last, size.saturating_add(1))
             .await?
             .ok_or(Error::NameUnknown)?;
         Ok(paginate(&mut items, size))
@@ -66,7 +66,7 @@ impl Registry {
             Principal::User(identity) => Some(identity.clone()),
         };
         let mut items: Vec<String> = self
-            .list_repositories(identity.as_ref(), None, last, size + 1)
+            .list_repositories(identity.as_ref(), None, last, size.saturating_add(1))
             .await?
             .into_iter()
             .map(|r| r.name)

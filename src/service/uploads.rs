@@ -181,7 +181,10 @@ impl Registry {
                 if r.last < r.first {
                     return Err(Error::RangeNotSatisfiable { offset: row.offset });
                 }
-                let len = r.last - r.first + 1;
+                // `0-18446744073709551615` names 2^64 bytes: no u64 holds that, nor can a session.
+                let len = (r.last - r.first)
+                    .checked_add(1)
+                    .ok_or(Error::RangeNotSatisfiable { offset: row.offset })?;
                 if content_length.is_some_and(|cl| cl != len) {
                     return Err(Error::SizeInvalid(format!(
                         "Content-Length does not match Content-Range ({len} bytes)"
@@ -291,7 +294,7 @@ impl Registry {
                     return Err(body_error(e));
                 }
             };
-            size += frame.len() as u64;
+            size = size.saturating_add(frame.len() as u64);
             if expected.is_some_and(|n| size > n) {
                 let _ = writer.abort().await;
                 return Err(Error::SizeInvalid(
@@ -330,7 +333,9 @@ impl Registry {
         part: UploadPart,
         hasher: &Hasher,
     ) -> Result<u64> {
-        let new_offset = part.start + part.size;
+        let new_offset = part.start.checked_add(part.size).ok_or_else(|| {
+            Error::SizeInvalid("the upload would exceed the largest blob size".into())
+        })?;
         if self
             .meta
             .advance_upload(&row.id, row.offset, &part, &hasher.save())

@@ -12,6 +12,7 @@ mod cache;
 mod clients;
 mod contention;
 mod faults;
+mod hardening;
 mod listing;
 mod manifests;
 mod mgmt;

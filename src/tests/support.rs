@@ -21,8 +21,8 @@ pub(crate) fn admin_auth_line() -> String {
 /// PostgreSQL backend it owns the node's private database, dropped with it.
 pub(crate) struct TestNode {
     node: Node,
-    /// Kept only to be dropped (after the node, which is declared first).
-    _db: Option<aerugo_testkit::postgres::TestDatabase>,
+    /// Dropped after the node, which is declared first.
+    db: Option<aerugo_testkit::postgres::TestDatabase>,
 }
 
 impl TestNode {
@@ -34,6 +34,12 @@ impl TestNode {
     /// A client without credentials.
     pub(crate) fn anonymous(&self) -> RegistryClient {
         self.node.client()
+    }
+
+    /// The URL of the node's private PostgreSQL database; `None` on SQLite (the database is
+    /// `<data dir>/aerugo.db`).
+    pub(crate) fn database_url(&self) -> Option<&str> {
+        self.db.as_ref().map(|db| db.url())
     }
 }
 
@@ -80,7 +86,7 @@ pub(crate) async fn node_with(env: &[(&str, &str)]) -> TestNode {
     }
     TestNode {
         node: Node::spawn(opts).await.expect("aerugo node starts"),
-        _db: db,
+        db,
     }
 }
 

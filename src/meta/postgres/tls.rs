@@ -61,8 +61,8 @@ impl SslMode {
     }
 }
 
-/// What `sslmode`/`sslrootcert` ask for, and the URL without them (for the driver).
-#[derive(Debug)]
+/// What `sslmode`/`sslrootcert` ask for, and the URL without them (for the driver). Its `Debug`
+/// shows the URL without its password.
 pub(crate) struct TlsSettings {
     /// The effective mode (`require` with a root certificate is `verify-ca`).
     pub(crate) mode: SslMode,
@@ -70,6 +70,16 @@ pub(crate) struct TlsSettings {
     pub(crate) root_cert: Option<String>,
     /// `database.url` without the two parameters.
     pub(crate) url: String,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("mode", &self.mode)
+            .field("root_cert", &self.root_cert)
+            .field("url", &crate::config::redact_url(&self.url))
+            .finish()
+    }
 }
 
 impl TlsSettings {
