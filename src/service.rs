@@ -21,6 +21,7 @@ mod caching;
 mod listing;
 mod manifests;
 mod tenancy;
+mod throttle;
 mod uploads;
 
 /// Rows of the identity store the management API renders (into its own view types).
@@ -182,6 +183,8 @@ pub struct Registry {
     caches: caching::RegistryCaches,
     /// Bounds concurrent argon2 jobs (see `Registry::password_work`).
     password_gate: Arc<tokio::sync::Semaphore>,
+    /// Per-node login throttle state (the counters live in the identity store).
+    throttle: Arc<throttle::Throttle>,
 }
 
 impl Registry {
@@ -211,6 +214,7 @@ impl Registry {
             password_gate: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
+            throttle: Arc::new(throttle::Throttle::default()),
         })
     }
 

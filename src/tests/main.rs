@@ -20,4 +20,5 @@ mod process;
 mod robustness;
 mod s3;
 mod support;
+mod throttle;
 mod uploads;
