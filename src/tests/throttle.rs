@@ -367,3 +367,71 @@ async fn ended_throttle_windows_are_pruned() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Three nodes on one PostgreSQL database (whatever `AERUGO_TEST_BACKEND` says: the counters
+/// are shared through it): a burst spread over all of them still checks only the limit, and the
+/// victim's right password from elsewhere still gets in through any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_spread_over_three_nodes_checks_at_most_the_limit() {
+    use aerugo_testkit::NodeOptions;
+    use aerugo_testkit::multinode::NodeSet;
+    use aerugo_testkit::postgres::TestDatabase;
+
+    let db = TestDatabase::create()
+        .await
+        .expect("a PostgreSQL database for the cluster (see the message above)");
+    let base = NodeOptions::new(crate::support::BIN)
+        .with_env("AERUGO_AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .with_env(TRUST_LOCALHOST.0, TRUST_LOCALHOST.1)
+        .with_env("AERUGO_AUTH__LOGIN_MAX_FAILURES", "10");
+    let set = NodeSet::spawn(3, &base, db.url(), None)
+        .await
+        .expect("the nodes start");
+    let urls: Vec<String> = set.nodes.iter().map(|n| n.url()).collect();
+    let http = reqwest::Client::new();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(150));
+    let tasks: Vec<_> = (0..150)
+        .map(|i| {
+            let (http, url, barrier) = (http.clone(), urls[i % 3].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                http.get(format!("{url}/auth/token?service=aerugo"))
+                    .basic_auth("admin", Some(format!("wrong-{i}")))
+                    .header("x-forwarded-for", "203.0.113.77")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut unauthorized = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(unauthorized, 10, "checked attempts across the cluster");
+    for url in &urls {
+        let res = http
+            .get(format!("{url}/auth/token?service=aerugo"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .header("x-forwarded-for", "203.0.113.77")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "{url}");
+        let res = http
+            .get(format!("{url}/auth/token?service=aerugo"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .header("x-forwarded-for", "198.51.100.20")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{url}");
+    }
+    drop(set);
+    db.drop_now().await.unwrap();
+}
