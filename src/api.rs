@@ -47,6 +47,8 @@ pub struct ApiState {
     pub body_idle_timeout: Duration,
     /// The configured public URL (empty: derived from each request).
     pub public_url: String,
+    /// The proxies whose forwarded headers are believed (`server.trusted_proxies`).
+    pub trusted_proxies: Arc<crate::config::TrustedProxies>,
     /// Renders the process's metrics in the Prometheus text format.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
@@ -223,11 +225,17 @@ pub fn router(state: ApiState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-/// The URL clients reach this registry at: `server.public_url`, else the request's scheme
-/// (`X-Forwarded-Proto`) and `Host`. A `Host` that is not `host[:port]` (a DNS name, an IPv4
-/// address or a bracketed IPv6 literal, and an optional port) is replaced by `localhost`, so a
-/// client can never put quotes, commas or other parameters into a challenge's realm.
-pub(crate) fn public_base(state: &ApiState, headers: &axum::http::HeaderMap) -> String {
+/// The URL clients reach this registry at: `server.public_url`, else the request's scheme and
+/// `Host`. The scheme is `X-Forwarded-Proto` only when the request came through a trusted proxy
+/// (`server.trusted_proxies`); from anyone else the header is ignored and the scheme is `http`.
+/// A `Host` that is not `host[:port]` (a DNS name, an IPv4 address or a bracketed IPv6 literal,
+/// and an optional port) is replaced by `localhost`, so a client can never put quotes, commas or
+/// other parameters into a challenge's realm.
+pub(crate) fn public_base(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+    client: &credentials::Client,
+) -> String {
     if !state.public_url.is_empty() {
         return state.public_url.trim_end_matches('/').to_owned();
     }
@@ -238,7 +246,11 @@ pub(crate) fn public_base(state: &ApiState, headers: &axum::http::HeaderMap) -> 
         .unwrap_or("localhost");
     let proto = headers
         .get("x-forwarded-proto")
+        .filter(|_| client.via_trusted_proxy)
         .and_then(|h| h.to_str().ok())
+        // A chain of proxies may list several; the first is the client's.
+        .and_then(|h| h.split(',').next())
+        .map(str::trim)
         .filter(|p| *p == "https" || *p == "http")
         .unwrap_or("http");
     format!("{proto}://{host}")

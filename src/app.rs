@@ -176,6 +176,7 @@ pub async fn build_registry(
         ttl_seconds: config.auth.token_ttl_seconds,
         refresh_ttl_seconds: config.auth.refresh_token_ttl_days.saturating_mul(86_400),
         login_max_failures: config.auth.login_max_failures,
+        login_max_failures_per_address: config.auth.login_max_failures_per_address,
         login_window_seconds: config.auth.login_window_seconds,
         self_signup: config.auth.self_signup,
     };
@@ -266,6 +267,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
             body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_seconds),
             public_url: config.server.public_url.clone(),
+            trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             metrics,
         });
         let node = format!("node-{}", uuid::Uuid::new_v4().simple());

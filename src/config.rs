@@ -120,8 +120,14 @@ pub struct AuthConfig {
     pub self_signup: bool,
     /// Visibility of repositories created by a push: `private` or `public`.
     pub default_visibility: String,
-    /// Failed logins per user and address allowed in a window before 429.
+    /// Failed logins per user and client address allowed in a window; past it that user is
+    /// refused from that address (429) until the window ends. Failures of one user from all
+    /// addresses together past this many only slow further attempts down (a bounded delay, never
+    /// a refusal), so an attacker elsewhere cannot lock the user out.
     pub login_max_failures: u32,
+    /// Failed logins per client address allowed in a window, whatever the usernames (known or
+    /// not); past it every login from that address is refused (429) until the window ends.
+    pub login_max_failures_per_address: u32,
     /// Length of the failed-login window, in seconds.
     pub login_window_seconds: u64,
 }
@@ -140,6 +146,7 @@ impl Default for AuthConfig {
             self_signup: false,
             default_visibility: "private".into(),
             login_max_failures: 10,
+            login_max_failures_per_address: 50,
             login_window_seconds: 300,
         }
     }
@@ -160,6 +167,69 @@ pub struct ServerConfig {
     pub request_timeout_seconds: u64,
     /// Seconds a blob upload body may go without sending data before the upload request fails.
     pub body_idle_timeout_seconds: u64,
+    /// The reverse proxies (CIDRs or addresses) whose `X-Forwarded-For`, `X-Real-IP` and
+    /// `X-Forwarded-Proto` headers are believed. The client address is found by walking
+    /// `X-Forwarded-For` from the right to the first address outside this list. Empty (the
+    /// default): the headers are ignored and the TCP peer is the client. In the environment, one
+    /// CIDR or several separated by commas (`127.0.0.1/32,10.0.0.0/8`).
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// A list of networks, read from a TOML list or a comma-separated string, each a CIDR
+/// (`10.0.0.0/8`, `fd00::/8`) or a single address (`127.0.0.1`, taken as `/32` or `/128`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parses one comma-separated list; the error names the entry that is not a network.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+
+    /// Whether `ip` lies in one of the networks (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{s:?} is not a CIDR (10.0.0.0/8) or an IP address"))
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ToString::to_string))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+        }
+        let text = match Form::deserialize(d)? {
+            Form::One(s) => s,
+            Form::Many(v) => v.join(","),
+        };
+        TrustedProxies::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for ServerConfig {
@@ -170,6 +240,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 30,
             request_timeout_seconds: 60,
             body_idle_timeout_seconds: 60,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -698,7 +769,10 @@ impl Config {
                 message: "must be private or public".into(),
             });
         }
-        if self.auth.login_max_failures == 0 || self.auth.login_window_seconds == 0 {
+        if self.auth.login_max_failures == 0
+            || self.auth.login_max_failures_per_address == 0
+            || self.auth.login_window_seconds == 0
+        {
             return Err(ConfigError::Invalid {
                 key: "auth.login_max_failures",
                 message: "login throttling values must be positive".into(),
@@ -835,6 +909,52 @@ mod tests {
             let c = Config::load(Some(Path::new("a.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.server.listen_address.to_string(), "127.0.0.1:6000");
             assert_eq!(c.limits.manifest_max_bytes, 8 * 1024 * 1024);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trusted_proxies_come_as_a_list_or_comma_separated() {
+        assert!(Config::default().server.trusted_proxies.is_empty());
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "a.toml",
+                "[server]\ntrusted_proxies = [\"10.0.0.1\", \"192.168.0.0/16\"]\n",
+            )?;
+            let c = Config::load(Some(Path::new("a.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.trusted_proxies.0.len(), 2);
+            // The printed configuration loads back as the same list.
+            let printed = c.to_redacted_toml();
+            assert!(printed.contains("\"10.0.0.1/32\""), "{printed}");
+            jail.create_file("b.toml", &printed)?;
+            let again = Config::load(Some(Path::new("b.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(again.server.trusted_proxies, c.server.trusted_proxies);
+            jail.set_env(
+                "AERUGO_SERVER__TRUSTED_PROXIES",
+                "127.0.0.1/32, 10.0.0.0/8,fd00::/8",
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let t = &c.server.trusted_proxies;
+            assert_eq!(t.0.len(), 3);
+            assert!(t.contains("10.1.2.3".parse().unwrap()));
+            assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
+            assert!(t.contains("fd00::5".parse().unwrap()));
+            assert!(!t.contains("127.0.0.2".parse().unwrap()));
+            assert!(!t.contains("192.0.2.1".parse().unwrap()));
+            jail.set_env("AERUGO_SERVER__TRUSTED_PROXIES", "172.18.0.4");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.trusted_proxies.0.len(), 1);
+            assert!(
+                c.server
+                    .trusted_proxies
+                    .contains("172.18.0.4".parse().unwrap())
+            );
+            jail.set_env("AERUGO_SERVER__TRUSTED_PROXIES", "10.0.0.0/8,nginx");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("trusted_proxies") && err.contains("nginx"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -429,7 +429,6 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// garbage collection); `false` when unknown.
     async fn delete_repository(&self, repo: &RepoName) -> Result<bool>;
 
-
     /// The id of the cluster this database belongs to, created (from `candidate`) by the first
     /// caller ever; every later caller, concurrent ones included, gets that same id.
     async fn cluster_id(&self, candidate: &str) -> Result<String>;

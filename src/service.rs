@@ -21,6 +21,7 @@ mod caching;
 mod listing;
 mod manifests;
 mod tenancy;
+mod throttle;
 mod uploads;
 mod work;
 
@@ -187,6 +188,8 @@ pub struct Registry {
     password_gate: Arc<tokio::sync::Semaphore>,
     /// Wakes this node's queue consumers after a write queued work (`Registry::work_queued`).
     work_ready: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Per-node login throttle state (the counters live in the identity store).
+    throttle: Arc<throttle::Throttle>,
 }
 
 impl Registry {
@@ -224,6 +227,7 @@ impl Registry {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
             work_ready: Arc::new(tokio::sync::watch::channel(0).0),
+            throttle: Arc::new(throttle::Throttle::default()),
         })
     }
 

@@ -13,10 +13,9 @@
 //! Must not depend on `meta`, `storage` or `app`: only `service` (and `auth` for its enums).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -26,7 +25,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::credentials::{Credentials, client_address};
+use super::credentials::{Client, Credentials};
 use super::{ApiState, public_base, quoted};
 use crate::oci::RepoName;
 use crate::service::{Identity, Registry};
@@ -226,7 +225,11 @@ pub(crate) fn router(state: &ApiState) -> Router<ApiState> {
 
 /// Adds the Bearer challenge to every 401 (the error mapping cannot know the public URL).
 async fn challenge(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let realm = format!("{}{PREFIX}/auth/token", public_base(&state, req.headers()));
+    let client = Client::of(req.extensions(), req.headers(), &state.trusted_proxies);
+    let realm = format!(
+        "{}{PREFIX}/auth/token",
+        public_base(&state, req.headers(), &client)
+    );
     let mut res = next.run(req).await;
     if res.status() == StatusCode::UNAUTHORIZED
         && !res.headers().contains_key(header::WWW_AUTHENTICATE)
@@ -316,8 +319,8 @@ impl FromRequestParts<ApiState> for Caller {
             Credentials::None => None,
             Credentials::Bearer(token) => Some(registry.authenticate_bearer(&token).await?),
             Credentials::Basic { username, password } => {
-                let client = client_address(parts.extensions.get::<ConnectInfo<SocketAddr>>());
-                Some(registry.login(&username, &password, &client).await?)
+                let client = Client::of(&parts.extensions, &parts.headers, &state.trusted_proxies);
+                Some(registry.login(&username, &password, client.ip).await?)
             }
             Credentials::Malformed => return Err(ApiError::unauthorized()),
         };
@@ -338,20 +341,6 @@ impl FromRequestParts<ApiState> for Authed {
             .0
             .map(Authed)
             .ok_or_else(ApiError::unauthorized)
-    }
-}
-
-/// The client's address, for login throttling.
-#[derive(Clone, Debug)]
-pub(crate) struct ClientAddress(pub(crate) String);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddress(client_address(
-            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
-        )))
     }
 }
 

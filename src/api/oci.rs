@@ -2,18 +2,16 @@
 //! registry's single access-decision step, and calls the handler for the (method, route) pair.
 //! Handlers are thin: parse, call one `Registry` method, render.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use super::credentials::{Credentials, client_address};
+use super::credentials::{Client, Credentials};
 use super::{ApiState, RouteLabel};
 use crate::auth::scope::challenge_scope;
 use crate::oci::{Digest, RefError, Reference};
@@ -33,9 +31,9 @@ use route::{OciRoute, RouteError};
 type HandlerResult = Result<Response, OciError>;
 
 /// Entry point for every `/v2` request.
-pub async fn dispatch(
+pub(crate) async fn dispatch(
     State(state): State<ApiState>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Client,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -52,9 +50,8 @@ pub async fn dispatch(
     if let Some(repo) = route.repo() {
         span.record("repo.name", repo.as_str());
     }
-    let challenge = Challenge::new(&state, &headers, &method, &route);
-    let principal = match resolve_principal(&state, &headers, connect.as_ref().map(|e| &e.0)).await
-    {
+    let challenge = Challenge::new(&state, &headers, &client, &method, &route);
+    let principal = match resolve_principal(&state, &headers, &client).await {
         Ok(p) => p,
         Err(e) => {
             let mut res = challenge.apply(e, Some("invalid_token")).into_response();
@@ -97,7 +94,7 @@ pub async fn dispatch(
 async fn resolve_principal(
     state: &ApiState,
     headers: &HeaderMap,
-    connect: Option<&ConnectInfo<SocketAddr>>,
+    client: &Client,
 ) -> Result<Principal, OciError> {
     match Credentials::from_headers(headers) {
         Credentials::None => Ok(Principal::Anonymous),
@@ -109,8 +106,10 @@ async fn resolve_principal(
             })
         }
         Credentials::Basic { username, password } => {
-            let client = client_address(connect);
-            let identity = state.registry.login(&username, &password, &client).await?;
+            let identity = state
+                .registry
+                .login(&username, &password, client.ip)
+                .await?;
             Ok(Principal::User(identity))
         }
         Credentials::Malformed => Err(crate::service::Error::Unauthorized.into()),
@@ -125,7 +124,13 @@ struct Challenge {
 }
 
 impl Challenge {
-    fn new(state: &ApiState, headers: &HeaderMap, method: &Method, route: &OciRoute) -> Self {
+    fn new(
+        state: &ApiState,
+        headers: &HeaderMap,
+        client: &Client,
+        method: &Method,
+        route: &OciRoute,
+    ) -> Self {
         let scope = match route {
             OciRoute::Base => None,
             OciRoute::Catalog => Some("registry:catalog:*".to_owned()),
@@ -139,7 +144,7 @@ impl Challenge {
             }),
         };
         Challenge {
-            realm: format!("{}/auth/token", super::public_base(state, headers)),
+            realm: format!("{}/auth/token", super::public_base(state, headers, client)),
             service: state.registry.service_name().to_owned(),
             scope,
         }

@@ -5,11 +5,8 @@
 //! refresh_token?}`. The granted access is the intersection of what was asked and what the caller
 //! may do; a partial (or empty) grant is not an error.
 
-use std::net::SocketAddr;
-
-use axum::Extension;
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -17,7 +14,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::ApiState;
-use super::credentials::{Credentials, client_address};
+use super::credentials::{Client, Credentials};
 use super::oci::OciError;
 use crate::auth::scope::{Scope, parse_requested_scopes};
 use crate::service::{Error, Identity, IssuedToken};
@@ -102,7 +99,7 @@ fn bad_request(message: &str) -> Response {
 /// `GET /auth/token?service=&scope=&offline_token=&client_id=&account=` with optional Basic auth.
 pub(super) async fn get_token(
     State(state): State<ApiState>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Client,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
@@ -115,14 +112,7 @@ pub(super) async fn get_token(
     let identity = match Credentials::from_headers(&headers) {
         Credentials::None => None,
         Credentials::Basic { username, password } => {
-            match reg
-                .login(
-                    &username,
-                    &password,
-                    &client_address(connect.as_ref().map(|e| &e.0)),
-                )
-                .await
-            {
+            match reg.login(&username, &password, client.ip).await {
                 Ok(identity) => Some(identity),
                 Err(e) => return token_error(e),
             }
@@ -144,7 +134,7 @@ pub(super) async fn get_token(
 /// `POST /auth/token` with an OAuth2 form: `grant_type=password|refresh_token`.
 pub(super) async fn post_token(
     State(state): State<ApiState>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Client,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -167,10 +157,7 @@ pub(super) async fn post_token(
             else {
                 return bad_request("grant_type=password needs username and password");
             };
-            match reg
-                .login(user, pw, &client_address(connect.as_ref().map(|e| &e.0)))
-                .await
-            {
+            match reg.login(user, pw, client.ip).await {
                 Ok(identity) => (identity, None),
                 Err(e) => return token_error(e),
             }

@@ -340,6 +340,45 @@ fn docker_compose_configures_every_aerugo_container_validly() {
         "server.public_url {public_url} must name the load balancer's port {lb_port}"
     );
 
+    // The nodes believe forwarded headers (the client address logins are throttled by) from
+    // the load balancer, at its fixed address in the compose network, and from nothing else.
+    let lb_ip: std::net::IpAddr = lb
+        .get("networks")
+        .and_then(|n| n.get("default"))
+        .and_then(|d| d.get("ipv4_address"))
+        .map(|a| scalar(a, "lb ipv4_address"))
+        .expect("the load balancer has a fixed address (networks.default.ipv4_address)")
+        .parse()
+        .expect("lb ipv4_address is an IP address");
+    let subnet: ipnet::IpNet = compose
+        .get("networks")
+        .and_then(|n| n.get("default"))
+        .and_then(|d| d.get("ipam"))
+        .and_then(|i| i.get("config"))
+        .and_then(Value::as_sequence)
+        .and_then(|c| c.first())
+        .and_then(|c| c.get("subnet"))
+        .map(|s| scalar(s, "subnet"))
+        .expect("the default network has a fixed subnet")
+        .parse()
+        .expect("the subnet is a CIDR");
+    assert!(subnet.contains(&lb_ip), "{lb_ip} is outside {subnet}");
+    let trusted = &first.server.trusted_proxies;
+    assert!(
+        trusted.contains(lb_ip),
+        "server.trusted_proxies {:?} must hold the load balancer {lb_ip}",
+        trusted.0
+    );
+    assert!(
+        trusted
+            .0
+            .iter()
+            .all(|n| n.prefix_len() == n.max_prefix_len()),
+        "server.trusted_proxies {:?} must name the load balancer alone, not a network other \
+         containers share",
+        trusted.0
+    );
+
     let port = first.server.listen_address.port();
     let expected: BTreeSet<String> = nodes.keys().map(|n| format!("{n}:{port}")).collect();
     assert_eq!(
@@ -509,6 +548,14 @@ fn helm_chart_values_and_variables_are_valid_configuration() {
     );
     assert_eq!(node.database_kind().unwrap(), DatabaseKind::Postgres);
     assert_eq!(node.storage.kind, StorageType::S3);
+    // Behind the ingress every client would share its address (and one attacker's failures
+    // would lock everyone out) unless the ingress controller's pods are trusted.
+    assert!(
+        node.server
+            .trusted_proxies
+            .contains("10.244.1.7".parse().unwrap()),
+        "config.server.trusted_proxies must cover common pod networks by default"
+    );
     assert!(node.cache.redis_url.is_some());
     assert_eq!(
         node.storage

@@ -1307,23 +1307,7 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
     assert_eq!(stored.expires_at, token.expires_at);
     assert!(ids.refresh_token("t2").await.unwrap().is_none());
 
-    let window = 60_000;
-    assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 0);
-    for n in 1..=3 {
-        assert_eq!(
-            ids.record_login_failure("eve|1.2.3.4", window)
-                .await
-                .unwrap(),
-            n
-        );
-    }
-    assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 3);
-    assert_eq!(ids.login_failures("eve|5.6.7.8", window).await.unwrap(), 0);
-    // An expired window counts nothing and starts again.
-    assert_eq!(ids.login_failures("eve|1.2.3.4", 0).await.unwrap(), 0);
-    assert_eq!(ids.record_login_failure("eve|1.2.3.4", 0).await.unwrap(), 1);
-    ids.clear_login_failures("eve|1.2.3.4").await.unwrap();
-    assert_eq!(ids.login_failures("eve|1.2.3.4", window).await.unwrap(), 0);
+    login_throttle(ids).await;
 
     // Deleting the user removes their keys and tokens.
     assert_eq!(ids.delete_user(&eve.id).await.unwrap(), Ok(true));
@@ -1388,6 +1372,7 @@ async fn body(name: &str, meta: Arc<dyn MetaStore>, ids: Arc<dyn IdentityStore>)
         "api_keys_refresh_tokens_and_login_failures" => {
             api_keys_refresh_tokens_and_login_failures(ids.as_ref()).await;
         }
+        "login_throttle" => login_throttle(ids.as_ref()).await,
         other => panic!("no conformance body {other}"),
     }
 }
@@ -1423,6 +1408,120 @@ macro_rules! conformance {
     };
 }
 
+/// Login throttle counters: hard limits refuse without counting, the soft counter only counts,
+/// a success is forgiven, windows expire, concurrent attempts never pass a limit together, and
+/// expired counters are pruned in bounded batches.
+async fn login_throttle(ids: &dyn IdentityStore) {
+    use super::identity::{LoginAdmission, LoginLimit};
+    let window = 60_000;
+    let pair = LoginLimit {
+        key: "p:eve:1.2.3.4",
+        max: 3,
+    };
+    let addr = LoginLimit {
+        key: "a:1.2.3.4",
+        max: 4,
+    };
+    assert_eq!(ids.login_failures(pair.key, window).await.unwrap(), 0);
+    for n in 0..3 {
+        assert_eq!(
+            ids.begin_login_attempt(&[addr, pair], "u:eve", window)
+                .await
+                .unwrap(),
+            LoginAdmission::Admitted { soft_failures: n }
+        );
+    }
+    assert_eq!(ids.login_failures(pair.key, window).await.unwrap(), 3);
+    assert_eq!(ids.login_failures(addr.key, window).await.unwrap(), 3);
+    assert_eq!(ids.login_failures("u:eve", window).await.unwrap(), 3);
+    // The pair is full: refused, and nothing is counted, not even on the address.
+    let refused = ids
+        .begin_login_attempt(&[addr, pair], "u:eve", window)
+        .await
+        .unwrap();
+    let LoginAdmission::Refused { until_ms } = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    let now = super::now_millis();
+    assert!(
+        until_ms > now && until_ms <= now + window,
+        "{until_ms} vs {now}"
+    );
+    assert_eq!(ids.login_failures(addr.key, window).await.unwrap(), 3);
+    assert_eq!(ids.login_failures("u:eve", window).await.unwrap(), 3);
+    // Another user from the address fills the address counter; then everyone there is refused.
+    let other = LoginLimit {
+        key: "p:bob:1.2.3.4",
+        max: 3,
+    };
+    assert!(matches!(
+        ids.begin_login_attempt(&[addr, other], "u:bob", window)
+            .await
+            .unwrap(),
+        LoginAdmission::Admitted { soft_failures: 0 }
+    ));
+    assert!(matches!(
+        ids.begin_login_attempt(&[addr, other], "u:bob", window)
+            .await
+            .unwrap(),
+        LoginAdmission::Refused { .. }
+    ));
+    assert_eq!(ids.login_failures(other.key, window).await.unwrap(), 1);
+    // A success clears its pair and gives back the one failure it counted elsewhere.
+    ids.forgive_login_attempt(other.key, &[addr.key, "u:bob"])
+        .await
+        .unwrap();
+    assert_eq!(ids.login_failures(other.key, window).await.unwrap(), 0);
+    assert_eq!(ids.login_failures(addr.key, window).await.unwrap(), 3);
+    assert_eq!(ids.login_failures("u:bob", window).await.unwrap(), 0);
+    ids.forgive_login_attempt(other.key, &["u:bob", "u:nobody"])
+        .await
+        .unwrap();
+    assert_eq!(ids.login_failures("u:bob", window).await.unwrap(), 0);
+    // An expired window counts nothing and starts again.
+    assert_eq!(ids.login_failures(pair.key, 0).await.unwrap(), 0);
+    assert!(matches!(
+        ids.begin_login_attempt(&[pair], "u:eve", 0).await.unwrap(),
+        LoginAdmission::Admitted { soft_failures: 0 }
+    ));
+
+    // Racers meet on one counter: exactly `max` of them are admitted.
+    let racer = LoginLimit {
+        key: "p:race:5.6.7.8",
+        max: 5,
+    };
+    let limits = [
+        LoginLimit {
+            key: "a:5.6.7.8",
+            max: 100,
+        },
+        racer,
+    ];
+    let results = futures::future::join_all(
+        (0..24).map(|_| ids.begin_login_attempt(&limits, "u:race", window)),
+    )
+    .await;
+    let admitted = results
+        .iter()
+        .filter(|r| matches!(r, Ok(LoginAdmission::Admitted { .. })))
+        .count();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(admitted, 5, "{results:?}");
+    assert_eq!(ids.login_failures("a:5.6.7.8", window).await.unwrap(), 5);
+
+    // Pruning takes only ended windows, at most `limit` at a time.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(ids.prune_login_failures(window, 100).await.unwrap(), 0);
+    let live = ids.login_failures(racer.key, window).await.unwrap();
+    assert_eq!(live, 5);
+    // Every counter left so far: p:eve, a:1.2.3.4, u:eve, u:bob (kept at zero), p:race,
+    // a:5.6.7.8, u:race (p:bob went with the success).
+    assert_eq!(ids.prune_login_failures(1, 3).await.unwrap(), 3);
+    assert_eq!(ids.prune_login_failures(1, 100).await.unwrap(), 4);
+    assert_eq!(ids.prune_login_failures(1, 100).await.unwrap(), 0);
+    assert_eq!(ids.login_failures(racer.key, window).await.unwrap(), 0);
+}
+
 conformance!(
     empty_store_answers,
     listings_are_in_byte_order_and_page_by_keyset,
@@ -1451,4 +1550,5 @@ conformance!(
     orgs_teams_and_memberships,
     repository_access_facts_and_grants,
     api_keys_refresh_tokens_and_login_failures,
+    login_throttle,
 );

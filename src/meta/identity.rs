@@ -224,6 +224,30 @@ pub struct RefreshTokenRow {
     pub expires_at: i64,
 }
 
+/// A login throttle counter and the failures it may hold in a window before attempts are refused.
+#[derive(Clone, Copy, Debug)]
+pub struct LoginLimit<'a> {
+    /// The counter's key.
+    pub key: &'a str,
+    /// Failures allowed in one window.
+    pub max: u32,
+}
+
+/// What [`IdentityStore::begin_login_attempt`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginAdmission {
+    /// Counted; the credentials may be checked.
+    Admitted {
+        /// Failures of the `soft` key in its window before this attempt.
+        soft_failures: u32,
+    },
+    /// Not counted: a hard limit is reached.
+    Refused {
+        /// When the refusing counter's window ends, milliseconds since the epoch.
+        until_ms: i64,
+    },
+}
+
 /// The identity store contract.
 #[async_trait]
 pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
@@ -321,10 +345,23 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
     /// A refresh token by id.
     async fn refresh_token(&self, id: &str) -> Result<Option<RefreshTokenRow>>;
 
-    /// Failed logins for `key` in the window starting `window_ms` ago.
+    /// Failed logins for `key` in its current window (`window_ms` long).
     async fn login_failures(&self, key: &str, window_ms: i64) -> Result<u32>;
-    /// Counts one failed login for `key` and returns the count in the current window.
-    async fn record_login_failure(&self, key: &str, window_ms: i64) -> Result<u32>;
-    /// Forgets failures for `key` after a successful login.
-    async fn clear_login_failures(&self, key: &str) -> Result<()>;
+    /// Counts a login attempt as a failure *before* its credentials are checked, so concurrent
+    /// attempts cannot all pass a limit they would exceed together. In one transaction: when one
+    /// of `hard` already holds its `max` failures in its current window the attempt is refused
+    /// and nothing is counted; otherwise one failure is added to every `hard` key and to `soft`.
+    /// A key's window starts at its first failure and lasts `window_ms`.
+    async fn begin_login_attempt(
+        &self,
+        hard: &[LoginLimit<'_>],
+        soft: &str,
+        window_ms: i64,
+    ) -> Result<LoginAdmission>;
+    /// Takes back an attempt that turned out right: forgets `clear`'s failures and takes one
+    /// failure off each of `refund` (never below zero).
+    async fn forgive_login_attempt(&self, clear: &str, refund: &[&str]) -> Result<()>;
+    /// Deletes at most `limit` throttle counters whose window (`window_ms` long) has ended, oldest
+    /// first; returns how many went. Bounded, so it can run on the login path.
+    async fn prune_login_failures(&self, window_ms: i64, limit: u32) -> Result<u64>;
 }

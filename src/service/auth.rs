@@ -1,10 +1,12 @@
-//! Authentication use cases: password and API-key logins (throttled per user and address),
+//! Authentication use cases: password and API-key logins (throttled per user and address, per
+//! address and per account: `service::throttle`),
 //! registry tokens for `/auth/token`, refresh tokens for `docker login`, management API tokens,
 //! and the first-start site admin.
 //!
 //! Secrets are only ever compared as hashes (argon2id for passwords, SHA-256 for high-entropy
 //! API keys and refresh tokens) and never logged.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,9 +14,12 @@ use crate::auth::jwt::{Claims, KeySet};
 use crate::auth::scope::Scope;
 use crate::auth::secret::{self, SecretKind};
 use crate::auth::{password, permission::Permission};
-use crate::meta::identity::{ApiKeyRow, NewUser, RefreshTokenRow, UserRow};
+use crate::meta::identity::{
+    ApiKeyRow, LoginAdmission, LoginLimit, NewUser, RefreshTokenRow, UserRow,
+};
 
 use super::access::{Identity, KeyRestriction, KeyScope};
+use super::throttle;
 use super::{Error, Registry, Result};
 
 /// Token settings the use cases need.
@@ -30,8 +35,11 @@ pub struct TokenSettings {
     pub ttl_seconds: u64,
     /// Refresh token lifetime.
     pub refresh_ttl_seconds: u64,
-    /// Failed logins allowed per window.
+    /// Failed logins allowed per username and address in a window (also where the account's
+    /// delay starts).
     pub login_max_failures: u32,
+    /// Failed logins allowed per address in a window, all usernames together.
+    pub login_max_failures_per_address: u32,
     /// The window, in seconds.
     pub login_window_seconds: u64,
     /// Whether anyone may sign up.
@@ -70,6 +78,13 @@ fn now_millis() -> i64 {
     i64::try_from(now_secs())
         .unwrap_or(i64::MAX)
         .saturating_mul(1000)
+}
+
+/// Milliseconds since the epoch, to the millisecond (for Retry-After).
+fn now_millis_exact() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn identity_of(user: &UserRow) -> Identity {
@@ -123,26 +138,32 @@ impl Registry {
     }
 
     /// Whether `pw` is the password of `user` (of the stored hash `hash`, when there is a user).
+    /// Every check is counted in `aerugo_password_checks_total`.
     pub(crate) async fn check_password(&self, pw: &str, hash: Option<&str>) -> Result<bool> {
         let (pw, hash) = (pw.to_owned(), hash.map(str::to_owned));
-        self.password_work(move || match hash {
-            Some(h) => password::verify_password(&pw, &h),
-            None => {
-                // Unknown users take as long as known ones: no enumeration by timing.
-                password::dummy_verify(&pw);
-                false
+        self.password_work(move || {
+            metrics::counter!("aerugo_password_checks_total").increment(1);
+            match hash {
+                Some(h) => password::verify_password(&pw, &h),
+                None => {
+                    // Unknown users take as long as known ones: no enumeration by timing.
+                    password::dummy_verify(&pw);
+                    false
+                }
             }
         })
         .await
     }
 
-    /// Authenticates `username` with a password or an API key secret. Failures are counted per
-    /// user and client address; past the limit the caller gets `TooManyRequests`.
+    /// Authenticates `username` with a password or an API key secret, from the client address
+    /// `client` (`None`: unknown). Attempts are throttled before anything is checked (see
+    /// `service::throttle`): past a limit the caller gets `TooManyRequests`, whatever the
+    /// credentials.
     pub async fn login(
         &self,
         username: &str,
         secret_or_password: &str,
-        client: &str,
+        client: Option<IpAddr>,
     ) -> Result<Identity> {
         // A credential checked in the last minute is not checked again (password changes and
         // revocations take effect within that minute).
@@ -157,6 +178,12 @@ impl Registry {
         if let Some(identity) = self.logins.get(&cache_key) {
             return Ok(identity);
         }
+        // The same credential arriving many times at once is checked once; the others wait and
+        // find it cached (or are counted one by one when it was wrong).
+        let _flight = self.throttle.flight(cache_key).await;
+        if let Some(identity) = self.logins.get(&cache_key) {
+            return Ok(identity);
+        }
         let identity = self
             .login_uncached(username, secret_or_password, client)
             .await?;
@@ -168,17 +195,46 @@ impl Registry {
         &self,
         username: &str,
         secret_or_password: &str,
-        client: &str,
+        client: Option<IpAddr>,
     ) -> Result<Identity> {
         let t = self.tokens();
         let window_ms = i64::try_from(t.login_window_seconds)
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
-        let key = format!("{username}|{client}");
-        if self.identity.login_failures(&key, window_ms).await? >= t.login_max_failures {
-            return Err(Error::TooManyRequests {
-                retry_after_secs: t.login_window_seconds,
-            });
+        let keys = throttle::Keys::new(username, client);
+        let admission = self
+            .identity
+            .begin_login_attempt(
+                &[
+                    LoginLimit {
+                        key: &keys.address,
+                        max: t.login_max_failures_per_address,
+                    },
+                    LoginLimit {
+                        key: &keys.pair,
+                        max: t.login_max_failures,
+                    },
+                ],
+                &keys.account,
+                window_ms,
+            )
+            .await?;
+        let account_failures = match admission {
+            LoginAdmission::Refused { until_ms } => {
+                metrics::counter!("aerugo_login_attempts_total", "outcome" => "throttled")
+                    .increment(1);
+                let left_ms = until_ms.saturating_sub(now_millis_exact()).max(0);
+                return Err(Error::TooManyRequests {
+                    retry_after_secs: u64::try_from(left_ms).unwrap_or(0).div_ceil(1000).max(1),
+                });
+            }
+            LoginAdmission::Admitted { soft_failures } => soft_failures,
+        };
+        self.prune_login_failures(window_ms);
+        let delay = throttle::account_delay(account_failures, t.login_max_failures);
+        if !delay.is_zero() {
+            // Slowed, never refused: an attacker elsewhere cannot lock the account out.
+            tokio::time::sleep(delay).await;
         }
         let result = match secret::parse(secret_or_password) {
             Some((SecretKind::ApiKey, id)) => self.check_api_key(secret_or_password, id).await?,
@@ -199,15 +255,47 @@ impl Registry {
         };
         match result {
             Some(identity) if identity.username == username => {
-                self.identity.clear_login_failures(&key).await?;
+                metrics::counter!("aerugo_login_attempts_total", "outcome" => "succeeded")
+                    .increment(1);
+                self.identity
+                    .forgive_login_attempt(&keys.pair, &[&keys.address, &keys.account])
+                    .await?;
                 Ok(identity)
             }
             _ => {
-                let n = self.identity.record_login_failure(&key, window_ms).await?;
-                tracing::warn!(user.name = %username, client = %client, failures = n, "login failed");
+                metrics::counter!("aerugo_login_attempts_total", "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(
+                    user.name = %username,
+                    client = %client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+                    account_failures = account_failures + 1,
+                    "login failed"
+                );
                 Err(Error::Unauthorized)
             }
         }
+    }
+
+    /// Deletes ended throttle windows, every [`throttle::PRUNE_EVERY`] attempts on this node, in
+    /// a background task bounded to [`throttle::PRUNE_BATCH`] rows (so `login_failures` never
+    /// grows beyond the counters of live windows). The jobs runner may take this over later.
+    fn prune_login_failures(&self, window_ms: i64) {
+        let Some(guard) = self.throttle.due_for_prune() else {
+            return;
+        };
+        let identity = self.identity.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match identity
+                .prune_login_failures(window_ms, throttle::PRUNE_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    metrics::counter!("aerugo_login_throttle_pruned_total").increment(n);
+                }
+                Err(e) => tracing::warn!(error = %e, "pruning login throttle counters failed"),
+            }
+        });
     }
 
     /// Verifies an API key secret; the identity it acts as, or `None`.

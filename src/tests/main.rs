@@ -21,4 +21,5 @@ mod process;
 mod robustness;
 mod s3;
 mod support;
+mod throttle;
 mod uploads;

@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiError, Authed, Caller, ClientAddress, JsonBody, Page, PageQuery, PathParams, QueryParams,
-    created, rfc3339,
+    ApiError, Authed, Caller, JsonBody, Page, PageQuery, PathParams, QueryParams, created, rfc3339,
 };
 use crate::api::ApiState;
+use crate::api::credentials::Client;
 use crate::service::{Identity, UserRow};
 
 /// A user as the API shows it.
@@ -65,11 +65,11 @@ pub(crate) struct TokenView {
 /// `POST /api/v1/auth/token`: exchanges a username and password for an API token.
 pub(super) async fn create_token(
     State(state): State<ApiState>,
-    ClientAddress(client): ClientAddress,
+    client: Client,
     JsonBody(body): JsonBody<TokenRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
     let reg = &state.registry;
-    let identity = reg.login(&body.username, &body.password, &client).await?;
+    let identity = reg.login(&body.username, &body.password, client.ip).await?;
     let issued = reg.api_token(&identity)?;
     Ok(Json(TokenView {
         token: issued.token,

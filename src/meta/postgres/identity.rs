@@ -12,8 +12,9 @@ use tokio_postgres::Row;
 
 use super::{PostgresStore, Tx, all, exec, name_of, opt, repo_id};
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, MemberRow, NamespaceKind, NewUser, OrgRow,
-    RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, LoginAdmission, LoginLimit, MemberRow,
+    NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow,
+    UserRow, UserUpdate, Visibility,
 };
 use crate::meta::{Result, now_millis};
 
@@ -1041,38 +1042,113 @@ impl IdentityStore for PostgresStore {
         .await
     }
 
-    async fn record_login_failure(&self, key: &str, window_ms: i64) -> Result<u32> {
+    async fn begin_login_attempt(
+        &self,
+        hard: &[LoginLimit<'_>],
+        soft: &str,
+        window_ms: i64,
+    ) -> Result<LoginAdmission> {
+        let hard: Vec<(String, u32)> = hard.iter().map(|l| (l.key.to_owned(), l.max)).collect();
+        let mut keys: Vec<String> = hard.iter().map(|(k, _)| k.clone()).collect();
+        keys.push(soft.to_owned());
+        // Rows are written in key order, so two attempts sharing counters never wait on each
+        // other in a cycle.
+        keys.sort();
+        keys.dedup();
+        let ctx = (hard, soft.to_owned(), keys, window_ms);
+        // SERIALIZABLE: the counts read here are still the counts when the additions commit, or
+        // the transaction is retried from the start.
         self.write(
-            "record_login_failure",
-            (key, window_ms),
-            |tx, &(key, window_ms)| {
+            "begin_login_attempt",
+            ctx,
+            |tx, (hard, soft, keys, window_ms)| {
                 Box::pin(async move {
-                    let row = opt(
+                    let now = now_millis();
+                    let rows = all(
                         tx,
-                        "INSERT INTO login_failures (key, failures, window_start) VALUES ($1, 1, $2)
-                         ON CONFLICT (key) DO UPDATE SET
-                            failures = CASE WHEN $2 - login_failures.window_start < $3
-                                            THEN login_failures.failures + 1 ELSE 1 END,
-                            window_start = CASE WHEN $2 - login_failures.window_start < $3
-                                                THEN login_failures.window_start ELSE $2 END
-                         RETURNING failures",
-                        &[&key, &now_millis(), &window_ms],
+                        "SELECT key, failures, window_start FROM login_failures
+                         WHERE key = ANY($1)",
+                        &[keys],
                     )
                     .await?;
-                    Ok(row.map_or(0, |r| count(r.get(0))))
+                    let current = |key: &str| {
+                        rows.iter()
+                            .find(|r| r.get::<_, &str>(0) == key)
+                            .map(|r| (r.get::<_, i64>(1), r.get::<_, i64>(2)))
+                            .filter(|&(_, start)| now - start < *window_ms)
+                            .map_or((0, now), |(n, start)| (count(n), start))
+                    };
+                    for (key, max) in hard {
+                        let (n, start) = current(key);
+                        if n >= *max {
+                            return Ok(LoginAdmission::Refused {
+                                until_ms: start.saturating_add(*window_ms),
+                            });
+                        }
+                    }
+                    let (soft_failures, _) = current(soft);
+                    for key in keys {
+                        exec(
+                            tx,
+                            "INSERT INTO login_failures (key, failures, window_start)
+                             VALUES ($1, 1, $2)
+                             ON CONFLICT (key) DO UPDATE SET
+                                failures = CASE WHEN $2 - login_failures.window_start < $3
+                                                THEN login_failures.failures + 1 ELSE 1 END,
+                                window_start = CASE WHEN $2 - login_failures.window_start < $3
+                                                    THEN login_failures.window_start ELSE $2 END",
+                            &[key, &now, window_ms],
+                        )
+                        .await?;
+                    }
+                    Ok(LoginAdmission::Admitted { soft_failures })
                 })
             },
         )
         .await
     }
 
-    async fn clear_login_failures(&self, key: &str) -> Result<()> {
-        self.write("clear_login_failures", key, |tx, &key| {
-            Box::pin(async move {
-                exec(tx, "DELETE FROM login_failures WHERE key = $1", &[&key]).await?;
-                Ok(())
-            })
-        })
+    async fn forgive_login_attempt(&self, clear: &str, refund: &[&str]) -> Result<()> {
+        let mut refund: Vec<String> = refund.iter().map(|k| (*k).to_owned()).collect();
+        refund.sort();
+        refund.dedup();
+        self.write(
+            "forgive_login_attempt",
+            (clear.to_owned(), refund),
+            |tx, (clear, refund)| {
+                Box::pin(async move {
+                    exec(tx, "DELETE FROM login_failures WHERE key = $1", &[clear]).await?;
+                    exec(
+                        tx,
+                        "UPDATE login_failures SET failures = failures - 1
+                         WHERE key = ANY($1) AND failures > 0",
+                        &[refund],
+                    )
+                    .await?;
+                    Ok(())
+                })
+            },
+        )
+        .await
+    }
+
+    async fn prune_login_failures(&self, window_ms: i64, limit: u32) -> Result<u64> {
+        self.write(
+            "prune_login_failures",
+            (window_ms, i64::from(limit)),
+            |tx, &(window_ms, limit)| {
+                Box::pin(async move {
+                    exec(
+                        tx,
+                        "DELETE FROM login_failures WHERE key IN (
+                            SELECT key FROM login_failures WHERE window_start <= $1
+                            ORDER BY window_start LIMIT $2)",
+                        &[&now_millis().saturating_sub(window_ms), &limit],
+                    )
+                    .await
+                })
+            },
+        )
         .await
     }
 }

@@ -5,8 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{CachedSql as _, SqliteStore};
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, MemberRow, NamespaceKind, NewUser, OrgRow,
-    RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, LoginAdmission, LoginLimit, MemberRow,
+    NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow,
+    UserRow, UserUpdate, Visibility,
 };
 use crate::meta::{Result, now_millis};
 
@@ -767,28 +768,84 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
-    async fn record_login_failure(&self, key: &str, window_ms: i64) -> Result<u32> {
-        let key = key.to_owned();
+    async fn begin_login_attempt(
+        &self,
+        hard: &[LoginLimit<'_>],
+        soft: &str,
+        window_ms: i64,
+    ) -> Result<LoginAdmission> {
+        let hard: Vec<(String, u32)> = hard.iter().map(|l| (l.key.to_owned(), l.max)).collect();
+        let soft = soft.to_owned();
+        // The writer transaction is `BEGIN IMMEDIATE`: reading the counters and adding to them
+        // is one step for every node sharing the file.
         self.write(move |tx| {
             let now = now_millis();
-            tx.exec(
-                "INSERT INTO login_failures (key, failures, window_start) VALUES (?1, 1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET
-                    failures = CASE WHEN ?2 - login_failures.window_start < ?3 THEN login_failures.failures + 1 ELSE 1 END,
-                    window_start = CASE WHEN ?2 - login_failures.window_start < ?3 THEN login_failures.window_start ELSE ?2 END",
-                params![key, now, window_ms],
-            )?;
-            let n: i64 = tx.qrow("SELECT failures FROM login_failures WHERE key = ?1", [&key], |r| r.get(0))?;
-            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            let current = |key: &str| -> rusqlite::Result<(u32, i64)> {
+                let row: Option<(i64, i64)> = tx
+                    .qrow(
+                        "SELECT failures, window_start FROM login_failures WHERE key = ?1",
+                        [key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                Ok(match row {
+                    Some((n, start)) if now - start < window_ms => {
+                        (u32::try_from(n).unwrap_or(u32::MAX), start)
+                    }
+                    _ => (0, now),
+                })
+            };
+            for (key, max) in &hard {
+                let (n, start) = current(key)?;
+                if n >= *max {
+                    return Ok(LoginAdmission::Refused {
+                        until_ms: start.saturating_add(window_ms),
+                    });
+                }
+            }
+            let (soft_failures, _) = current(&soft)?;
+            for key in hard.iter().map(|(k, _)| k.as_str()).chain([soft.as_str()]) {
+                tx.exec(
+                    "INSERT INTO login_failures (key, failures, window_start) VALUES (?1, 1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET
+                        failures = CASE WHEN ?2 - login_failures.window_start < ?3
+                                        THEN login_failures.failures + 1 ELSE 1 END,
+                        window_start = CASE WHEN ?2 - login_failures.window_start < ?3
+                                            THEN login_failures.window_start ELSE ?2 END",
+                    params![key, now, window_ms],
+                )?;
+            }
+            Ok(LoginAdmission::Admitted { soft_failures })
         })
         .await
     }
 
-    async fn clear_login_failures(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
+    async fn forgive_login_attempt(&self, clear: &str, refund: &[&str]) -> Result<()> {
+        let clear = clear.to_owned();
+        let refund: Vec<String> = refund.iter().map(|k| (*k).to_owned()).collect();
         self.write(move |tx| {
-            tx.exec("DELETE FROM login_failures WHERE key = ?1", [key])?;
+            tx.exec("DELETE FROM login_failures WHERE key = ?1", [&clear])?;
+            for key in &refund {
+                tx.exec(
+                    "UPDATE login_failures SET failures = failures - 1
+                     WHERE key = ?1 AND failures > 0",
+                    [key],
+                )?;
+            }
             Ok(())
+        })
+        .await
+    }
+
+    async fn prune_login_failures(&self, window_ms: i64, limit: u32) -> Result<u64> {
+        self.write(move |tx| {
+            let n = tx.exec(
+                "DELETE FROM login_failures WHERE key IN (
+                    SELECT key FROM login_failures WHERE window_start <= ?1
+                    ORDER BY window_start LIMIT ?2)",
+                params![now_millis().saturating_sub(window_ms), limit],
+            )?;
+            Ok(u64::try_from(n).unwrap_or(u64::MAX))
         })
         .await
     }
