@@ -31,12 +31,12 @@ pub use crate::meta::identity::{
     ApiKeyRow, GrantRow, MemberRow, OrgRow, RepoSummary, TagSummary, TeamRow, UserRow, Visibility,
 };
 pub use crate::meta::{BuriedItem, TopicStats, WorkItem};
-pub use access::{Action, Identity, KeyRestriction, KeyScope, Principal};
+pub use access::{Action, Identity, KeyRestriction, KeyScope, Principal, RefreshOrigin};
 pub use auth::{IssuedToken, TokenSettings};
 pub use blobs::{BlobRead, ByteRange};
 pub use listing::Page;
 pub use manifests::PushedManifest;
-pub use tenancy::{NewApiKey, RepoDetail};
+pub use tenancy::{NewApiKey, RefreshTokenInfo, RepoDetail};
 pub use uploads::{ChunkRange, UploadStatus};
 
 /// The domain errors of the registry: a closed set, mapped to HTTP by the API layer.

@@ -34,6 +34,7 @@ pub(crate) mod error;
 mod keys;
 mod openapi;
 mod orgs;
+mod refresh_tokens;
 mod repos;
 mod teams;
 mod users;
@@ -96,6 +97,10 @@ operations! {
     ListApiKeys => GET "/user/api-keys";
     /// Revokes one of the caller's API keys.
     RevokeApiKey => DELETE "/user/api-keys/{id}";
+    /// Lists the caller's refresh tokens.
+    ListRefreshTokens => GET "/user/refresh-tokens";
+    /// Revokes one of the caller's refresh tokens.
+    RevokeRefreshToken => DELETE "/user/refresh-tokens/{id}";
     /// Creates an organization.
     CreateOrg => POST "/orgs";
     /// Lists organizations.
@@ -174,6 +179,8 @@ impl Op {
             Op::CreateApiKey => post(keys::create_api_key),
             Op::ListApiKeys => get(keys::list_api_keys),
             Op::RevokeApiKey => delete(keys::revoke_api_key),
+            Op::ListRefreshTokens => get(refresh_tokens::list_refresh_tokens),
+            Op::RevokeRefreshToken => delete(refresh_tokens::revoke_refresh_token),
             Op::CreateOrg => post(orgs::create_org),
             Op::ListOrgs => get(orgs::list_orgs),
             Op::GetOrg => get(orgs::get_org),

@@ -98,13 +98,7 @@ async fn resolve_principal(
 ) -> Result<Principal, OciError> {
     match Credentials::from_headers(headers) {
         Credentials::None => Ok(Principal::Anonymous),
-        Credentials::Bearer(token) => {
-            let claims = state.registry.verify_registry_token(&token)?;
-            Ok(Principal::Token {
-                subject: claims.sub,
-                access: claims.access,
-            })
-        }
+        Credentials::Bearer(token) => Ok(state.registry.token_principal(&token).await?),
         Credentials::Basic { username, password } => {
             let identity = state
                 .registry

@@ -109,6 +109,7 @@ pub(super) async fn get_token(
         Err(res) => return res,
     };
     let reg = &state.registry;
+    let mut presented_refresh = None;
     let identity = match Credentials::from_headers(&headers) {
         Credentials::None => None,
         Credentials::Basic { username, password } => {
@@ -122,13 +123,31 @@ pub(super) async fn get_token(
             .redeem_refresh_token(&t, requested_service(&state, &q))
             .await
         {
-            Ok(identity) => Some(identity),
+            Ok(identity) => {
+                presented_refresh = Some(t);
+                Some(identity)
+            }
             Err(e) => return token_error(e),
         },
         Credentials::Malformed => return token_error(Error::Unauthorized),
     };
     let offline = first(&q, "offline_token").is_some_and(|v| v == "true" || v == "1");
-    respond(&state, identity.as_ref(), &scopes, offline, None).await
+    let client_id = first(&q, "client_id").unwrap_or_default();
+    // A refresh token never buys a fresh one: asked for offline access, the client gets the same
+    // token back, with its original expiry.
+    let (offline, existing) = match presented_refresh {
+        Some(t) => (false, offline.then_some(t)),
+        None => (offline, None),
+    };
+    respond(
+        &state,
+        identity.as_ref(),
+        &scopes,
+        offline,
+        existing,
+        client_id,
+    )
+    .await
 }
 
 /// `POST /auth/token` with an OAuth2 form: `grant_type=password|refresh_token`.
@@ -177,12 +196,14 @@ pub(super) async fn post_token(
         _ => return bad_request("grant_type must be password or refresh_token"),
     };
     let offline = first(&form, "access_type") == Some("offline");
+    let client_id = first(&form, "client_id").unwrap_or_default();
     respond(
         &state,
         Some(&identity),
         &scopes,
         offline && reuse_refresh.is_none(),
         reuse_refresh,
+        client_id,
     )
     .await
 }
@@ -193,6 +214,7 @@ async fn respond(
     scopes: &[Scope],
     offline: bool,
     existing_refresh: Option<String>,
+    client_id: &str,
 ) -> Response {
     let reg = &state.registry;
     let issued = match reg.registry_token(identity, scopes).await {
@@ -200,7 +222,9 @@ async fn respond(
         Err(e) => return token_error(e),
     };
     let refresh = match (identity, offline) {
-        (Some(identity), true) => match reg.issue_refresh_token(identity, reg.service_name()).await
+        (Some(identity), true) => match reg
+            .issue_refresh_token(identity, reg.service_name(), client_id)
+            .await
         {
             Ok(t) => t,
             Err(e) => return token_error(e),

@@ -54,6 +54,28 @@ pub struct Claims {
     /// What the token grants; missing means nothing.
     #[serde(default)]
     pub access: Vec<AccessEntry>,
+    /// What the token was minted from, so every use can re-check it against current facts.
+    #[serde(default, flatten)]
+    pub origin: Origin,
+}
+
+/// The credential behind a token: the subject's user id, their credential generation at minting,
+/// and the API key or refresh token it was minted with. Absent on anonymous tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The subject's user id (a user name can be deleted and taken again; an id cannot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The subject's credential generation when the token was minted (moved on by every password
+    /// change or reset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgen: Option<i64>,
+    /// The API key the token was minted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub akid: Option<String>,
+    /// The refresh token the token was minted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtid: Option<String>,
 }
 
 impl Claims {
@@ -76,6 +98,7 @@ impl Claims {
             iat: now,
             jti: hex::encode(jti),
             access,
+            origin: Origin::default(),
         }
     }
 

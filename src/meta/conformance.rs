@@ -11,8 +11,8 @@ use std::sync::Arc;
 mod queue;
 
 use super::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, NamespaceKind, NewUser, RefreshTokenRow,
-    UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, NameConflict, NamespaceKind, NewUser,
+    RefreshTokenRow, UserRow, UserUpdate, Visibility,
 };
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
@@ -937,6 +937,7 @@ fn new_user(name: &str) -> NewUser {
         email: format!("{name}@example.com"),
         password_hash: format!("hash-{name}"),
         is_admin: false,
+        adopt: false,
     }
 }
 
@@ -956,7 +957,10 @@ async fn users_share_one_namespace_and_list_in_byte_order(ids: &dyn IdentityStor
         user(ids, name).await;
     }
     assert_eq!(ids.count_users().await.unwrap(), 5);
-    assert!(ids.create_user(&new_user("a")).await.unwrap().is_none());
+    assert_eq!(
+        ids.create_user(&new_user("a")).await.unwrap().unwrap_err(),
+        NameConflict::Taken
+    );
     let listed = ids.list_users(None, 2).await.unwrap();
     assert_eq!(names(&listed, |u| &u.username), ["Z", "a"]);
     let listed = ids.list_users(Some("a"), 10).await.unwrap();
@@ -993,16 +997,32 @@ async fn users_share_one_namespace_and_list_in_byte_order(ids: &dyn IdentityStor
     assert_eq!(ids.delete_user("nobody").await.unwrap(), Ok(false));
 
     // A user's name is a namespace: no organization may take it.
-    assert!(ids.create_org("a", &a.id).await.unwrap().is_none());
+    assert_eq!(
+        ids.create_org("a", &a.id, true).await.unwrap().unwrap_err(),
+        NameConflict::Taken
+    );
 }
 
 async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
     let owner = user(ids, "owner").await;
     let member = user(ids, "member").await;
-    let acme = ids.create_org("acme", &owner.id).await.unwrap().unwrap();
-    assert!(ids.create_org("acme", &member.id).await.unwrap().is_none());
-    assert!(ids.create_user(&new_user("acme")).await.unwrap().is_none());
-    let zeta = ids.create_org("Zeta", &member.id).await.unwrap().unwrap();
+    let acme = ids
+        .create_org("acme", &owner.id, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ids.create_org("acme", &member.id, false)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(ids.create_user(&new_user("acme")).await.unwrap().is_err());
+    let zeta = ids
+        .create_org("Zeta", &member.id, false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ids.org_by_name("acme").await.unwrap().unwrap().id, acme.id);
     assert!(ids.org_by_name("owner").await.unwrap().is_none());
 
@@ -1091,7 +1111,11 @@ async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
 async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn IdentityStore) {
     let carol = user(ids, "carol").await;
     let dave = user(ids, "dave").await;
-    let corp = ids.create_org("corp", &carol.id).await.unwrap().unwrap();
+    let corp = ids
+        .create_org("corp", &carol.id, false)
+        .await
+        .unwrap()
+        .unwrap();
     let all_repos = [
         "carol/app",
         "corp/api",
@@ -1226,11 +1250,54 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     assert!(!ids.revoke("corp/api", &to_dave).await.unwrap());
     assert_eq!(ids.grants("corp/api").await.unwrap().len(), 1);
 
-    // Namespaces holding repositories cannot be deleted.
-    let refused = ids.delete_user(&carol.id).await.unwrap().unwrap_err();
-    assert!(refused.contains("carol"), "{refused}");
-    let refused = ids.delete_org(&corp.id).await.unwrap().unwrap_err();
-    assert!(refused.contains("corp"), "{refused}");
+    // Nobody owns "other": its name cannot be claimed over its repository, except by adoption.
+    assert_eq!(
+        ids.create_org("other", &dave.id, false)
+            .await
+            .unwrap()
+            .unwrap_err(),
+        NameConflict::HoldsRepositories
+    );
+    assert_eq!(
+        ids.create_user(&new_user("other"))
+            .await
+            .unwrap()
+            .unwrap_err(),
+        NameConflict::HoldsRepositories
+    );
+    let adopted = ids
+        .create_org("other", &dave.id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    let facts = ids.repo_facts("other/thing", Some(&dave.id)).await.unwrap();
+    assert_eq!(facts.org_role.as_deref(), Some("owner"));
+
+    // Deleting an owner whose namespace holds repositories leaves a tombstone: the name stays
+    // reserved and nobody owns the repositories.
+    assert_eq!(ids.delete_org(&adopted.id).await.unwrap(), Ok(true));
+    assert!(ids.org_by_name("other").await.unwrap().is_none());
+    let facts = ids.repo_facts("other/thing", Some(&dave.id)).await.unwrap();
+    assert!(facts.namespace.is_none() && facts.org_role.is_none());
+    assert_eq!(
+        ids.create_org("other", &dave.id, false)
+            .await
+            .unwrap()
+            .unwrap_err(),
+        NameConflict::HoldsRepositories
+    );
+    // Once the repositories are gone the tombstone no longer holds the name.
+    assert!(
+        meta.delete_repository(&"other/thing".parse().unwrap())
+            .await
+            .unwrap()
+    );
+    let other = ids
+        .create_org("other", &dave.id, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids.delete_org(&other.id).await.unwrap(), Ok(true));
 
     let name = |n: &str| n.parse::<RepoName>().unwrap();
     assert!(meta.delete_repository(&name("corp/api")).await.unwrap());
@@ -1239,10 +1306,27 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     assert!(ids.grants("corp/api").await.unwrap().is_empty());
     assert!(!meta.repository_exists(&r).await.unwrap());
     assert!(meta.delete_repository(&name("corp/web")).await.unwrap());
-    // "corpus/x" is not in "corp".
+    // "corpus/x" is not in "corp": nothing is left, so no tombstone either.
     assert_eq!(ids.delete_org(&corp.id).await.unwrap(), Ok(true));
-    assert!(meta.delete_repository(&name("carol/app")).await.unwrap());
+    user(ids, "corp").await;
+    // carol's namespace still holds carol/app: her name stays reserved after she is deleted.
     assert_eq!(ids.delete_user(&carol.id).await.unwrap(), Ok(true));
+    assert!(
+        ids.repo_facts("carol/app", None)
+            .await
+            .unwrap()
+            .namespace
+            .is_none()
+    );
+    assert_eq!(
+        ids.create_user(&new_user("carol"))
+            .await
+            .unwrap()
+            .unwrap_err(),
+        NameConflict::HoldsRepositories
+    );
+    assert!(meta.delete_repository(&name("carol/app")).await.unwrap());
+    user(ids, "carol").await;
 }
 
 async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
@@ -1293,6 +1377,9 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
         service: "registry".into(),
         secret_hash: vec![9; 32],
         expires_at: now_millis() + 60_000,
+        client_id: "docker".into(),
+        created_at: 0,
+        last_used_at: None,
     };
     ids.create_refresh_token(&token).await.unwrap();
     let stored = ids.refresh_token("t1").await.unwrap().unwrap();
@@ -1305,7 +1392,56 @@ async fn api_keys_refresh_tokens_and_login_failures(ids: &dyn IdentityStore) {
         (eve.id.as_str(), "registry", &[9u8; 32][..])
     );
     assert_eq!(stored.expires_at, token.expires_at);
+    assert_eq!(stored.client_id, "docker");
+    assert!(stored.created_at > 0 && stored.last_used_at.is_none());
     assert!(ids.refresh_token("t2").await.unwrap().is_none());
+    ids.touch_refresh_token("t1", 1_000_000).await.unwrap();
+    // Within a minute of the last use nothing is written.
+    ids.touch_refresh_token("t1", 1_030_000).await.unwrap();
+    let stored = ids.refresh_token("t1").await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(1_000_000));
+    for id in ["t2", "t3"] {
+        let t = RefreshTokenRow {
+            id: id.into(),
+            ..token.clone()
+        };
+        ids.create_refresh_token(&t).await.unwrap();
+    }
+    let expired = RefreshTokenRow {
+        id: "t0".into(),
+        expires_at: now_millis() - 1,
+        ..token.clone()
+    };
+    ids.create_refresh_token(&expired).await.unwrap();
+    let listed = ids.list_refresh_tokens(&eve.id).await.unwrap();
+    assert_eq!(names(&listed, |t| &t.id), ["t1", "t2", "t3"]);
+    assert!(!ids.delete_refresh_token("someone", "t3").await.unwrap());
+    assert!(ids.delete_refresh_token(&eve.id, "t3").await.unwrap());
+    assert!(!ids.delete_refresh_token(&eve.id, "t3").await.unwrap());
+    // A new password revokes every refresh token and moves the credential generation on; other
+    // changes do neither.
+    let before = ids.user_by_id(&eve.id).await.unwrap().unwrap();
+    let email = UserUpdate {
+        email: Some("eve@new.example".into()),
+        ..UserUpdate::default()
+    };
+    assert!(ids.update_user(&eve.id, &email).await.unwrap());
+    let after = ids.user_by_id(&eve.id).await.unwrap().unwrap();
+    assert_eq!(after.credential_generation, before.credential_generation);
+    assert_eq!(ids.list_refresh_tokens(&eve.id).await.unwrap().len(), 2);
+    let password = UserUpdate {
+        password_hash: Some("hash-eve-2".into()),
+        ..UserUpdate::default()
+    };
+    assert!(ids.update_user(&eve.id, &password).await.unwrap());
+    let after = ids.user_by_id(&eve.id).await.unwrap().unwrap();
+    assert_eq!(
+        after.credential_generation,
+        before.credential_generation + 1
+    );
+    assert!(ids.list_refresh_tokens(&eve.id).await.unwrap().is_empty());
+    assert!(ids.refresh_token("t1").await.unwrap().is_none());
+    ids.create_refresh_token(&token).await.unwrap();
 
     login_throttle(ids).await;
 

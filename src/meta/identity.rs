@@ -60,6 +60,8 @@ pub struct UserRow {
     pub is_admin: bool,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// Counts password changes and resets; tokens minted at an older generation are dead.
+    pub credential_generation: i64,
 }
 
 /// A user to create.
@@ -73,9 +75,22 @@ pub struct NewUser {
     pub password_hash: String,
     /// Site administrator.
     pub is_admin: bool,
+    /// Take the name even though repositories already live under it (a site admin's decision).
+    pub adopt: bool,
 }
 
-/// Changes to a user; `None` leaves a field alone.
+/// Why a user or organization could not be created under a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameConflict {
+    /// A user or organization has the name.
+    Taken,
+    /// Nobody owns the name, but repositories live under it (pushed by a site admin, or left by a
+    /// deleted owner, whose tombstone keeps the name): only an explicit adoption may take it.
+    HoldsRepositories,
+}
+
+/// Changes to a user; `None` leaves a field alone. A new password hash also revokes the user's
+/// refresh tokens and moves their credential generation on, in the same transaction.
 #[derive(Clone, Debug, Default)]
 pub struct UserUpdate {
     /// New email.
@@ -222,6 +237,12 @@ pub struct RefreshTokenRow {
     pub secret_hash: Vec<u8>,
     /// Expiry, milliseconds since the epoch.
     pub expires_at: i64,
+    /// The `client_id` the client gave when it asked for the token (may be empty).
+    pub client_id: String,
+    /// Milliseconds since the epoch (set by the store on insert).
+    pub created_at: i64,
+    /// When it last minted an access token (recorded at most once a minute).
+    pub last_used_at: Option<i64>,
 }
 
 /// A login throttle counter and the failures it may hold in a window before attempts are refused.
@@ -253,23 +274,34 @@ pub enum LoginAdmission {
 pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
     /// Number of users.
     async fn count_users(&self) -> Result<u64>;
-    /// Creates a user and its namespace; `None` when the name is taken (by a user or an org).
-    async fn create_user(&self, user: &NewUser) -> Result<Option<UserRow>>;
+    /// Creates a user and its namespace. Refused when a user or an org has the name, or, unless
+    /// `user.adopt`, when repositories live under it (checked in the same transaction as the
+    /// insert; an adoption replaces a tombstone).
+    async fn create_user(
+        &self,
+        user: &NewUser,
+    ) -> Result<std::result::Result<UserRow, NameConflict>>;
     /// A user by name.
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>>;
     /// A user by id.
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>>;
     /// Users after `after`, by name.
     async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserRow>>;
-    /// Updates a user; `false` when unknown.
+    /// Updates a user; `false` when unknown. A new password hash revokes the user's refresh
+    /// tokens and moves their credential generation on, in the same transaction.
     async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<bool>;
-    /// Deletes a user with their memberships, grants, keys and tokens; `Err`-free `false` when the
-    /// user is unknown. Refused (returns `Some(reason)`) while their namespace holds repositories
-    /// or they are the last owner of an organization.
+    /// Deletes a user with their memberships, grants, keys and tokens; `Ok(false)` when the user
+    /// is unknown. Refused (`Err(reason)`) while they are the last owner of an organization. When
+    /// their namespace still holds repositories, its row stays as a tombstone that keeps the name.
     async fn delete_user(&self, id: &str) -> Result<std::result::Result<bool, String>>;
 
-    /// Creates an organization owned by `owner`; `None` when the name is taken.
-    async fn create_org(&self, name: &str, owner: &str) -> Result<Option<OrgRow>>;
+    /// Creates an organization owned by `owner`, refused like [`IdentityStore::create_user`].
+    async fn create_org(
+        &self,
+        name: &str,
+        owner: &str,
+        adopt: bool,
+    ) -> Result<std::result::Result<OrgRow, NameConflict>>;
     /// An organization by name.
     async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>>;
     /// Organizations after `after`; only those `member` belongs to when given.
@@ -279,8 +311,8 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OrgRow>>;
-    /// Deletes an organization with its teams and memberships; refused (`Some(reason)`) while it
-    /// holds repositories.
+    /// Deletes an organization with its teams and memberships (`Ok(false)` when unknown). When it
+    /// still holds repositories, its namespace row stays as a tombstone that keeps the name.
     async fn delete_org(&self, id: &str) -> Result<std::result::Result<bool, String>>;
     /// Adds a member or changes their role.
     async fn set_org_member(&self, org: &str, user: &str, role: &str) -> Result<()>;
@@ -344,6 +376,12 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
     async fn create_refresh_token(&self, token: &RefreshTokenRow) -> Result<()>;
     /// A refresh token by id.
     async fn refresh_token(&self, id: &str) -> Result<Option<RefreshTokenRow>>;
+    /// A user's unexpired refresh tokens, by id.
+    async fn list_refresh_tokens(&self, user: &str) -> Result<Vec<RefreshTokenRow>>;
+    /// Deletes one of a user's refresh tokens; `false` when unknown.
+    async fn delete_refresh_token(&self, user: &str, id: &str) -> Result<bool>;
+    /// Records that a refresh token was used at `now` (skipped when it was within a minute).
+    async fn touch_refresh_token(&self, id: &str, now: i64) -> Result<()>;
 
     /// Failed logins for `key` in its current window (`window_ms` long).
     async fn login_failures(&self, key: &str, window_ms: i64) -> Result<u32>;

@@ -42,6 +42,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../schema/sqlite/0004_create_work_items.sql"),
     },
     Migration {
+        version: 5,
+        name: "0005_add_credential_revocation",
+        sql: include_str!("../../schema/sqlite/0005_add_credential_revocation.sql"),
+    },
+    Migration {
         version: 6,
         name: "0006_create_cluster",
         sql: include_str!("../../schema/sqlite/0006_create_cluster.sql"),
@@ -74,6 +79,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 4,
         name: "0004_create_work_items",
         sql: include_str!("../../schema/postgres/0004_create_work_items.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_add_credential_revocation",
+        sql: include_str!("../../schema/postgres/0005_add_credential_revocation.sql"),
     },
     Migration {
         version: 6,

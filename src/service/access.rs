@@ -5,6 +5,9 @@
 //! case; the token endpoint asks [`Registry::grant_scopes`] what a token may carry. Both read the
 //! same facts (visibility, namespace ownership, org role, grants, API key scope) and combine them
 //! with the pure `auth::effective_permission`.
+//! A registry token's `access` claim is only an upper bound: every use re-checks it against the
+//! current facts of the identity it was minted for (through the facts and subject caches, so a hot
+//! pull reads no database).
 //! Invariant: a private repository looks exactly like a missing one to whoever may not read it.
 
 use crate::auth::permission::{AccessFacts, KeyCap, OrgRole, Permission};
@@ -38,6 +41,15 @@ pub struct KeyRestriction {
     pub cap: Permission,
 }
 
+/// The refresh token a caller authenticated with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshOrigin {
+    /// The token's id.
+    pub id: String,
+    /// Its expiry, milliseconds since the epoch: nothing minted from it lives longer.
+    pub expires_at: i64,
+}
+
 /// An authenticated user, possibly acting through an API key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -49,6 +61,11 @@ pub struct Identity {
     pub is_admin: bool,
     /// Set when the caller authenticated with an API key.
     pub key: Option<KeyRestriction>,
+    /// The user's credential generation (moved on by password changes and resets); tokens carry
+    /// it and die when it moves.
+    pub generation: i64,
+    /// Set when the caller authenticated with a refresh token.
+    pub refresh: Option<RefreshOrigin>,
 }
 
 impl Identity {
@@ -76,10 +93,12 @@ impl Identity {
 pub enum Principal {
     /// No credentials were presented.
     Anonymous,
-    /// A registry token: it may do exactly what its `access` claim grants.
+    /// A registry token: it may do what its `access` claim grants, as long as the identity it
+    /// was minted for still may (re-checked against current facts on every use).
     Token {
-        /// The token's subject (a user name, or empty for anonymous tokens).
-        subject: String,
+        /// The token's subject as it stands now (re-checked when the token was presented), or
+        /// `None` for an anonymous token.
+        identity: Option<Identity>,
         /// The granted access.
         access: Vec<AccessEntry>,
     },
@@ -151,9 +170,17 @@ impl Registry {
             Principal::Anonymous => {
                 action == Action::Pull && self.permission_on(None, name).await?.is_some()
             }
-            Principal::Token { access, .. } => access
-                .iter()
-                .any(|e| e.grants(REPOSITORY, name, action.as_str())),
+            // The claim is an upper bound; the current facts decide, so a revoked grant, a
+            // deleted user or a dead credential stops a token within the caches' bound.
+            Principal::Token { identity, access } => {
+                access
+                    .iter()
+                    .any(|e| e.grants(REPOSITORY, name, action.as_str()))
+                    && self
+                        .permission_on(identity.as_ref(), name)
+                        .await?
+                        .is_some_and(|p| p.allows(action))
+            }
             Principal::User(identity) => {
                 let permission = self.permission_on(Some(identity), name).await?;
                 match permission {
@@ -232,22 +259,5 @@ impl Registry {
             .identity
             .init_visibility(repo.as_str(), self.settings.default_visibility)
             .await?)
-    }
-
-    /// The identity behind a registry token's subject, for filtering the catalog.
-    pub(crate) async fn token_identity(&self, subject: &str) -> Result<Option<Identity>> {
-        if subject.is_empty() {
-            return Ok(None);
-        }
-        Ok(self
-            .identity
-            .user_by_name(subject)
-            .await?
-            .map(|u| Identity {
-                user_id: u.id,
-                username: u.username,
-                is_admin: u.is_admin,
-                key: None,
-            }))
     }
 }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::auth::jwt::{Claims, KeySet};
+use crate::auth::jwt::{Claims, KeySet, Origin};
 use crate::auth::scope::Scope;
 use crate::auth::secret::{self, SecretKind};
 use crate::auth::{password, permission::Permission};
@@ -18,7 +18,8 @@ use crate::meta::identity::{
     ApiKeyRow, LoginAdmission, LoginLimit, NewUser, RefreshTokenRow, UserRow,
 };
 
-use super::access::{Identity, KeyRestriction, KeyScope};
+use super::access::{Identity, KeyRestriction, KeyScope, Principal, RefreshOrigin};
+use super::caching::{CachedSubject, RegistryCaches, SubjectKey, SubjectUser};
 use super::throttle;
 use super::{Error, Registry, Result};
 
@@ -93,6 +94,43 @@ fn identity_of(user: &UserRow) -> Identity {
         username: user.username.clone(),
         is_admin: user.is_admin,
         key: None,
+        generation: user.credential_generation,
+        refresh: None,
+    }
+}
+
+/// An API key's restriction, or `None` when a stored field is unknown (fail closed).
+fn key_restriction(
+    id: &str,
+    scope_kind: &str,
+    scope_name: &str,
+    permission: &str,
+) -> Option<KeyRestriction> {
+    let scope = match scope_kind {
+        "all" => KeyScope::All,
+        "namespace" => KeyScope::Namespace(scope_name.to_owned()),
+        "repository" => KeyScope::Repository(scope_name.to_owned()),
+        // A scope this node does not know (written by a newer version, or by hand) grants
+        // nothing: the key is refused rather than widened to "all".
+        other => {
+            tracing::warn!(key.id = %id, scope = %other, "API key with an unknown scope refused");
+            return None;
+        }
+    };
+    Some(KeyRestriction {
+        id: id.to_owned(),
+        scope,
+        cap: permission.parse::<Permission>().ok()?,
+    })
+}
+
+/// What a token minted for `identity` carries to be re-checked later.
+fn origin_of(identity: &Identity) -> Origin {
+    Origin {
+        uid: Some(identity.user_id.clone()),
+        cgen: Some(identity.generation),
+        akid: identity.key.as_ref().map(|k| k.id.clone()),
+        rtid: identity.refresh.as_ref().map(|r| r.id.clone()),
     }
 }
 
@@ -312,26 +350,13 @@ impl Registry {
         let Some(user) = self.identity.user_by_id(&key.user_id).await? else {
             return Ok(None);
         };
-        // A scope this node does not know (written by a newer version, or by hand) grants
-        // nothing: the key is refused rather than widened to "all".
-        let scope = match key.scope_kind.as_str() {
-            "all" => KeyScope::All,
-            "namespace" => KeyScope::Namespace(key.scope_name.clone()),
-            "repository" => KeyScope::Repository(key.scope_name.clone()),
-            other => {
-                tracing::warn!(key.id = %key.id, scope = %other, "API key with an unknown scope refused");
-                return Ok(None);
-            }
-        };
-        let Ok(cap) = key.permission.parse::<Permission>() else {
+        let Some(restriction) =
+            key_restriction(&key.id, &key.scope_kind, &key.scope_name, &key.permission)
+        else {
             return Ok(None);
         };
         let mut identity = identity_of(&user);
-        identity.key = Some(KeyRestriction {
-            id: key.id,
-            scope,
-            cap,
-        });
+        identity.key = Some(restriction);
         Ok(Some(identity))
     }
 
@@ -346,16 +371,151 @@ impl Registry {
         let t = self.tokens();
         let now = now_secs();
         let subject = identity.map_or("", |i| i.username.as_str());
-        let claims = Claims::new(&t.issuer, subject, &t.service, access, now, t.ttl_seconds);
+        // Nothing minted from a refresh token outlives it.
+        let ttl = identity
+            .and_then(|i| i.refresh.as_ref())
+            .map_or(t.ttl_seconds, |r| {
+                let left = u64::try_from(r.expires_at / 1000)
+                    .unwrap_or(0)
+                    .saturating_sub(now);
+                left.min(t.ttl_seconds)
+            });
+        let mut claims = Claims::new(&t.issuer, subject, &t.service, access, now, ttl);
+        if let Some(identity) = identity {
+            claims.origin = origin_of(identity);
+        }
         let token = t
             .keys
             .mint(&claims)
             .map_err(|e| Error::Internal(e.into()))?;
         Ok(IssuedToken {
             token,
-            expires_in: t.ttl_seconds,
+            expires_in: ttl,
             issued_at: now,
         })
+    }
+
+    /// The caller behind a registry token presented to `/v2`: its signature and expiry are
+    /// verified, then the identity it was minted for is re-checked against current facts (the
+    /// user still exists, their password has not changed since, the API key or refresh token it
+    /// came from is neither revoked nor expired). A dead token is `Unauthorized`.
+    pub async fn token_principal(&self, token: &str) -> Result<Principal> {
+        let claims = self.verify_registry_token(token)?;
+        let identity = self.current_identity(&claims).await?;
+        Ok(Principal::Token {
+            identity,
+            access: claims.access,
+        })
+    }
+
+    /// The identity a token's claims stand for now: `None` for an anonymous token, `Unauthorized`
+    /// when the subject or the credential the token was minted from is gone, revoked, expired or
+    /// from before a password change. Reads the subject cache, never the database when warm.
+    async fn current_identity(&self, claims: &Claims) -> Result<Option<Identity>> {
+        let o = &claims.origin;
+        let Some(uid) = o.uid.as_deref() else {
+            // Tokens without an origin are anonymous ones; a named subject without one (minted
+            // before origins existed) cannot be re-checked, so it is refused.
+            return if claims.sub.is_empty() {
+                Ok(None)
+            } else {
+                Err(Error::Unauthorized)
+            };
+        };
+        let (key_id, refresh_id) = (o.akid.as_deref(), o.rtid.as_deref());
+        let subject = self
+            .caches
+            .subjects
+            .get_or_load(
+                &RegistryCaches::subject_key(uid, key_id, refresh_id),
+                || self.load_subject(uid, key_id, refresh_id),
+            )
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        let user = subject.user.as_ref().ok_or(Error::Unauthorized)?;
+        if user.username != claims.sub {
+            return Err(Error::Unauthorized);
+        }
+        let now = now_millis();
+        let key = match key_id {
+            // An API key is its own credential: it lives until it is revoked or expires,
+            // whatever happens to the owner's password.
+            Some(id) => {
+                let k = subject.key.as_ref().ok_or(Error::Unauthorized)?;
+                if k.revoked || k.user_id != uid || k.expires_at.is_some_and(|e| e <= now) {
+                    return Err(Error::Unauthorized);
+                }
+                Some(
+                    key_restriction(id, &k.scope_kind, &k.scope_name, &k.permission)
+                        .ok_or(Error::Unauthorized)?,
+                )
+            }
+            None => {
+                if o.cgen != Some(user.generation) {
+                    return Err(Error::Unauthorized);
+                }
+                None
+            }
+        };
+        let refresh = match refresh_id {
+            Some(id) => {
+                let expires_at = subject.refresh_expires_at.ok_or(Error::Unauthorized)?;
+                if expires_at <= now {
+                    return Err(Error::Unauthorized);
+                }
+                Some(RefreshOrigin {
+                    id: id.to_owned(),
+                    expires_at,
+                })
+            }
+            None => None,
+        };
+        Ok(Some(Identity {
+            user_id: uid.to_owned(),
+            username: user.username.clone(),
+            is_admin: user.is_admin,
+            key,
+            generation: user.generation,
+            refresh,
+        }))
+    }
+
+    async fn load_subject(
+        &self,
+        uid: &str,
+        key_id: Option<&str>,
+        refresh_id: Option<&str>,
+    ) -> Result<Option<CachedSubject>> {
+        let user = self.identity.user_by_id(uid).await?.map(|u| SubjectUser {
+            username: u.username,
+            is_admin: u.is_admin,
+            generation: u.credential_generation,
+        });
+        let key = match key_id {
+            Some(id) => self.identity.api_key(id).await?.map(|k| SubjectKey {
+                user_id: k.user_id,
+                scope_kind: k.scope_kind,
+                scope_name: k.scope_name,
+                permission: k.permission,
+                expires_at: k.expires_at,
+                revoked: k.revoked_at.is_some(),
+            }),
+            None => None,
+        };
+        let refresh_expires_at = match refresh_id {
+            Some(id) => self
+                .identity
+                .refresh_token(id)
+                .await?
+                .filter(|r| r.user_id == uid)
+                .map(|r| r.expires_at),
+            None => None,
+        };
+        Ok(Some(CachedSubject {
+            user,
+            key,
+            refresh_expires_at,
+        }))
     }
 
     /// Verifies a registry token presented to `/v2`.
@@ -397,8 +557,13 @@ impl Registry {
         &self,
         identity: &Identity,
         service: &str,
+        client_id: &str,
     ) -> Result<Option<String>> {
         if identity.key.is_some() {
+            return Ok(None);
+        }
+        // A refresh token never mints another: its chain ends when it does.
+        if identity.refresh.is_some() {
             return Ok(None);
         }
         let s = secret::generate(SecretKind::RefreshToken);
@@ -412,6 +577,9 @@ impl Registry {
                 service: service.to_owned(),
                 secret_hash: s.hash.clone(),
                 expires_at: now_millis().saturating_add(ttl_ms),
+                client_id: client_id.chars().take(200).collect(),
+                created_at: 0,
+                last_used_at: None,
             })
             .await?;
         Ok(Some(s.token))
@@ -438,7 +606,15 @@ impl Registry {
             .user_by_id(&row.user_id)
             .await?
             .ok_or(Error::Unauthorized)?;
-        Ok(identity_of(&user))
+        self.identity
+            .touch_refresh_token(&row.id, now_millis())
+            .await?;
+        let mut identity = identity_of(&user);
+        identity.refresh = Some(RefreshOrigin {
+            id: row.id,
+            expires_at: row.expires_at,
+        });
+        Ok(identity)
     }
 
     /// Mints a management API token for `identity`. API-key logins get none: a token carries no
@@ -450,7 +626,7 @@ impl Registry {
         }
         let t = self.tokens();
         let now = now_secs();
-        let claims = Claims::new(
+        let mut claims = Claims::new(
             &t.issuer,
             &identity.username,
             &api_audience(&t.service),
@@ -458,6 +634,7 @@ impl Registry {
             now,
             t.ttl_seconds,
         );
+        claims.origin = origin_of(identity);
         let token = t
             .keys
             .mint(&claims)
@@ -482,12 +659,14 @@ impl Registry {
             .keys
             .verify(credential, &t.issuer, &api_audience(&t.service))
             .map_err(|_| Error::Unauthorized)?;
-        let user = self
-            .identity
-            .user_by_name(&claims.sub)
+        // The user must still exist and not have changed their password since (API tokens are
+        // minted from passwords only, so they carry neither a key nor a refresh token).
+        if claims.origin.akid.is_some() || claims.origin.rtid.is_some() {
+            return Err(Error::Unauthorized);
+        }
+        self.current_identity(&claims)
             .await?
-            .ok_or(Error::Unauthorized)?;
-        Ok(identity_of(&user))
+            .ok_or(Error::Unauthorized)
     }
 
     /// Creates the site admin `admin` when no user exists. Returns the password when it was
@@ -517,9 +696,10 @@ impl Registry {
                 email: String::new(),
                 password_hash: hash,
                 is_admin: true,
+                adopt: false,
             })
             .await?;
-        Ok(if created.is_some() && generated {
+        Ok(if created.is_ok() && generated {
             Some(password)
         } else {
             None

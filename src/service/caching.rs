@@ -2,8 +2,9 @@
 //!
 //! Keys: tags `repo:tag` → digest; manifests `repo@digest` → media type and bytes (the key holds
 //! the repository, so a hit also proves that this repository still holds the manifest);
-//! blob metadata `repo@digest`; authorization facts `repo|user-id` (no Redis tier: the writes
-//! that change them cannot enumerate their keys, so they flush the facts of every node).
+//! blob metadata `repo@digest`; authorization facts `repo|user-id` and token subjects
+//! `user-id|key-id|refresh-id` (no Redis tier: the writes that change them cannot enumerate their
+//! keys, so they flush the facts and subjects of every node).
 //! Writers call these helpers only after their transaction committed.
 
 use base64::Engine;
@@ -114,6 +115,36 @@ impl From<RepoFacts> for CachedFacts {
     }
 }
 
+/// What re-checking a token needs about its subject and the credential it was minted from:
+/// the user (if they still exist), the API key (if the token came from one and it still exists)
+/// and the refresh token's expiry (if it came from one and it still exists). Absence is cached
+/// too: ids are never reused, so a deleted user or credential never comes back.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(super) struct CachedSubject {
+    pub(super) user: Option<SubjectUser>,
+    pub(super) key: Option<SubjectKey>,
+    pub(super) refresh_expires_at: Option<i64>,
+}
+
+/// The user behind a token.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(super) struct SubjectUser {
+    pub(super) username: String,
+    pub(super) is_admin: bool,
+    pub(super) generation: i64,
+}
+
+/// The API key behind a token.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(super) struct SubjectKey {
+    pub(super) user_id: String,
+    pub(super) scope_kind: String,
+    pub(super) scope_name: String,
+    pub(super) permission: String,
+    pub(super) expires_at: Option<i64>,
+    pub(super) revoked: bool,
+}
+
 /// Name of the bus hook that clears the Basic-credential cache on every node.
 pub(super) const LOGINS: &str = "logins";
 
@@ -125,6 +156,9 @@ pub(super) struct RegistryCaches {
     pub(super) manifests: Tiered<CachedManifest>,
     pub(super) blobs: Tiered<CachedBlob>,
     pub(super) facts: Tiered<CachedFacts>,
+    /// Token subjects and their credentials, `user-id|key-id|refresh-id` (no Redis tier, flushed
+    /// with the facts by every tenancy change, credential revocations included).
+    pub(super) subjects: Tiered<CachedSubject>,
 }
 
 impl RegistryCaches {
@@ -148,6 +182,13 @@ impl RegistryCaches {
                 secs(c.facts_ttl_seconds),
                 false,
             ),
+            subjects: hub.tiered(
+                "subject",
+                c.max_entries,
+                |_| 1,
+                secs(c.facts_ttl_seconds),
+                false,
+            ),
             hub,
         }
     }
@@ -164,9 +205,15 @@ impl RegistryCaches {
         format!("{repo}|{}", user.unwrap_or(""))
     }
 
-    /// After users, orgs, memberships, teams, grants, visibility or API keys changed.
+    pub(super) fn subject_key(user: &str, key: Option<&str>, refresh: Option<&str>) -> String {
+        format!("{user}|{}|{}", key.unwrap_or(""), refresh.unwrap_or(""))
+    }
+
+    /// After users, orgs, memberships, teams, grants, visibility, API keys, passwords or refresh
+    /// tokens changed.
     pub(super) async fn tenancy_changed(&self) {
         self.facts.invalidate_all().await;
+        self.subjects.invalidate_all().await;
         self.hub.flush(LOGINS).await;
     }
 

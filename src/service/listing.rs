@@ -62,7 +62,7 @@ impl Registry {
         }
         let identity = match principal {
             Principal::Anonymous => None,
-            Principal::Token { subject, .. } => self.token_identity(subject).await?,
+            Principal::Token { identity, .. } => identity.clone(),
             Principal::User(identity) => Some(identity.clone()),
         };
         let mut items: Vec<String> = self

@@ -7,8 +7,8 @@
 
 use crate::auth::permission::{OrgRole, Permission};
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, MemberRow, NewUser, OrgRow, RepoSummary, TagSummary,
-    TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, MemberRow, NameConflict, NewUser, OrgRow, RefreshTokenRow,
+    RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
 };
 use crate::oci::RepoName;
 
@@ -39,8 +39,47 @@ pub struct NewApiKey {
     pub expires_in_days: Option<u32>,
 }
 
+/// One of the caller's refresh tokens, as listed (never its secret or hash).
+#[derive(Clone, Debug)]
+pub struct RefreshTokenInfo {
+    /// Id (embedded in the secret).
+    pub id: String,
+    /// The service it was issued for.
+    pub service: String,
+    /// The `client_id` the client gave (may be empty).
+    pub client_id: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When it last minted an access token (to the minute).
+    pub last_used_at: Option<i64>,
+    /// Expiry, milliseconds since the epoch.
+    pub expires_at: i64,
+}
+
+impl From<RefreshTokenRow> for RefreshTokenInfo {
+    fn from(r: RefreshTokenRow) -> Self {
+        Self {
+            id: r.id,
+            service: r.service,
+            client_id: r.client_id,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
+}
+
+fn name_conflict(name: &str, conflict: NameConflict) -> Error {
+    Error::Conflict(match conflict {
+        NameConflict::Taken => format!("the name {name} is taken"),
+        NameConflict::HoldsRepositories => format!(
+            "repositories already live under {name}; only a site admin may take the name, with \"adopt\": true"
+        ),
+    })
 }
 
 /// Checks a user or organization name: the repository-name component grammar, at most 64 bytes.
@@ -88,7 +127,8 @@ impl Registry {
 
     // ---- users ---------------------------------------------------------------------------
 
-    /// Creates a user: site admins always, anyone when self-signup is on.
+    /// Creates a user: site admins always, anyone when self-signup is on. A name under which
+    /// repositories already live is refused (409) unless a site admin adopts it (`adopt`).
     pub async fn create_user(
         &self,
         caller: Option<&Identity>,
@@ -96,6 +136,7 @@ impl Registry {
         password: &str,
         email: &str,
         is_admin: bool,
+        adopt: bool,
     ) -> Result<UserRow> {
         let caller_is_admin = caller.is_some_and(|c| c.is_admin && c.key.is_none());
         if !caller_is_admin && !self.tokens.self_signup {
@@ -105,7 +146,7 @@ impl Registry {
                 Error::Unauthorized
             });
         }
-        if is_admin && !caller_is_admin {
+        if (is_admin || adopt) && !caller_is_admin {
             return Err(Error::Denied);
         }
         valid_account_name(username)?;
@@ -118,9 +159,10 @@ impl Registry {
                 email: email.to_owned(),
                 password_hash: hash,
                 is_admin,
+                adopt,
             })
             .await?
-            .ok_or_else(|| Error::Conflict(format!("the name {username} is taken")))?;
+            .map_err(|c| name_conflict(username, c))?;
         self.tenancy_changed().await;
         Ok(row)
     }
@@ -212,7 +254,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Deletes a user (themselves or a site admin).
+    /// Deletes a user (themselves or a site admin) with every credential they hold. Repositories
+    /// in their namespace stay, and so does the name (a tombstone), until the repositories are
+    /// deleted or a site admin adopts the name; meanwhile only site admins reach them.
     pub async fn delete_user(&self, caller: &Identity, username: &str) -> Result<()> {
         self.require_interactive(caller)?;
         let target = self
@@ -275,15 +319,19 @@ impl Registry {
         Ok((org, role))
     }
 
-    /// Creates an organization; the caller becomes its owner.
-    pub async fn create_org(&self, caller: &Identity, name: &str) -> Result<OrgRow> {
+    /// Creates an organization; the caller becomes its owner. A name under which repositories
+    /// already live is refused (409) unless a site admin adopts it (`adopt`).
+    pub async fn create_org(&self, caller: &Identity, name: &str, adopt: bool) -> Result<OrgRow> {
         self.require_interactive(caller)?;
+        if adopt {
+            self.require_admin(caller)?;
+        }
         valid_account_name(name)?;
         let row = self
             .identity
-            .create_org(name, &caller.user_id)
+            .create_org(name, &caller.user_id, adopt)
             .await?
-            .ok_or_else(|| Error::Conflict(format!("the name {name} is taken")))?;
+            .map_err(|c| name_conflict(name, c))?;
         self.tenancy_changed().await;
         Ok(row)
     }
@@ -304,7 +352,8 @@ impl Registry {
         Ok(self.identity.list_orgs(member, after, limit).await?)
     }
 
-    /// Deletes an organization (owners and site admins), once it holds no repositories.
+    /// Deletes an organization (owners and site admins). Its repositories stay under a tombstone
+    /// like a deleted user's.
     pub async fn delete_org(&self, caller: &Identity, name: &str) -> Result<()> {
         let (org, role) = self.managed_org(caller, name).await?;
         if !(caller.is_admin || role == Some(OrgRole::Owner)) {
@@ -770,6 +819,34 @@ impl Registry {
     pub async fn list_api_keys(&self, caller: &Identity) -> Result<Vec<ApiKeyRow>> {
         self.require_interactive(caller)?;
         Ok(self.identity.list_api_keys(&caller.user_id).await?)
+    }
+
+    /// The caller's unexpired refresh tokens (without secrets).
+    pub async fn list_refresh_tokens(&self, caller: &Identity) -> Result<Vec<RefreshTokenInfo>> {
+        self.require_interactive(caller)?;
+        Ok(self
+            .identity
+            .list_refresh_tokens(&caller.user_id)
+            .await?
+            .into_iter()
+            .map(RefreshTokenInfo::from)
+            .collect())
+    }
+
+    /// Revokes one of the caller's refresh tokens, and with it every registry token minted from
+    /// it (within the facts cache bound).
+    pub async fn revoke_refresh_token(&self, caller: &Identity, id: &str) -> Result<()> {
+        self.require_interactive(caller)?;
+        if self
+            .identity
+            .delete_refresh_token(&caller.user_id, id)
+            .await?
+        {
+            self.tenancy_changed().await;
+            Ok(())
+        } else {
+            Err(Error::NameUnknown)
+        }
     }
 
     /// Revokes one of the caller's API keys.

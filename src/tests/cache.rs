@@ -221,3 +221,90 @@ async fn a_redis_outage_during_a_pull_load_fails_no_request() {
     one.push_image("admin/load", "latest", &b).await.unwrap();
     await_digest(&two, "admin/load", "latest", b.digest()).await;
 }
+
+/// A registry token is re-checked on every use (issue 14), through caches: a warm pull with a
+/// token reads no database, and a grant revoked through one node stops the token on the other
+/// within the bound.
+#[tokio::test]
+async fn hot_pulls_with_a_token_skip_the_database() {
+    let (url, prefix) = aerugo_testkit::redis::shared();
+    let cluster = Cluster::start(2, &url, &prefix).await;
+    let one = cluster.admin(0);
+    one.push_image("admin/tok", "latest", &image(76, 1, 512, "amd64"))
+        .await
+        .unwrap();
+    let res = one
+        .request(Method::POST, "/api/v1/users")
+        .json(&json!({ "username": "tina", "password": "password-of-tina", "email": "" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = one
+        .request(Method::PUT, "/api/v1/repos/admin/tok/permissions")
+        .json(&json!({ "user": "tina", "permission": "read" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/auth/token", cluster.nodes[1].url()))
+        .query(&[
+            ("service", "aerugo"),
+            ("scope", "repository:admin/tok:pull"),
+        ])
+        .basic_auth("tina", Some("password-of-tina"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+    let pull = || {
+        let token = token.clone();
+        let url = cluster.nodes[1].url();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{url}/v2/admin/tok/manifests/latest"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let two = cluster.admin(1);
+    assert_eq!(pull().await, StatusCode::OK);
+    // The invalidations of the user creation and the grant (made through node 1) reach node 2
+    // asynchronously and flush what the first pull cached: let them arrive, then warm up again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pull().await, StatusCode::OK);
+    let before = db_queries(&two).await;
+    for _ in 0..10 {
+        assert_eq!(pull().await, StatusCode::OK);
+    }
+    assert_eq!(
+        db_queries(&two).await - before,
+        0.0,
+        "hot manifest GETs with a token hit the database"
+    );
+    // Revoke through node 1: node 2 refuses the token within the bound.
+    let res = one
+        .request(
+            Method::DELETE,
+            "/api/v1/repos/admin/tok/permissions/user/tina",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let start = Instant::now();
+    while pull().await != StatusCode::UNAUTHORIZED {
+        assert!(
+            start.elapsed() < BOUND,
+            "a revoked grant's token still pulls"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -11,6 +11,7 @@ mod blobs;
 mod cache;
 mod clients;
 mod contention;
+mod credentials;
 mod faults;
 mod hardening;
 mod listing;

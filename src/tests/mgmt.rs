@@ -544,7 +544,8 @@ async fn tenancy_lifecycle() {
     )
     .await;
 
-    // Password change: the old password stops working at once, the new one works.
+    // Password change: the old password and the API tokens minted with it stop working at once,
+    // the new one works.
     let bob_old = basic("bob", &password_of("bob"));
     expect(&node, &bob_old, Method::GET, "/user", None, 200).await;
     let wrong = json!({ "current_password": "not-the-password", "new_password": "a-new-password" });
@@ -573,7 +574,9 @@ async fn tenancy_lifecycle() {
         401,
     )
     .await;
-    token(&node, "bob", "a-new-password").await;
+    // API tokens minted before the change die with the old password.
+    expect(&node, &bob, Method::GET, "/user", None, 401).await;
+    let bob = token(&node, "bob", "a-new-password").await;
 
     // User updates.
     let promote = json!({ "is_admin": true });

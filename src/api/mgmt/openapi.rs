@@ -132,6 +132,22 @@ fn describe(op: Op) -> OpDoc {
             Page("ApiKey"),
         ),
         Op::RevokeApiKey => doc("api-keys", "Revoke an API key", Required, None, 204, Empty),
+        Op::ListRefreshTokens => doc(
+            "refresh-tokens",
+            "List the caller's refresh tokens (docker login identity tokens; without secrets)",
+            Required,
+            None,
+            200,
+            Page("RefreshToken"),
+        ),
+        Op::RevokeRefreshToken => doc(
+            "refresh-tokens",
+            "Revoke a refresh token and the registry tokens minted from it",
+            Required,
+            None,
+            204,
+            Empty,
+        ),
         Op::CreateOrg => doc(
             "orgs",
             "Create an organization (the caller becomes its owner)",
@@ -158,7 +174,7 @@ fn describe(op: Op) -> OpDoc {
         ),
         Op::DeleteOrg => doc(
             "orgs",
-            "Delete an organization that holds no repositories (owners)",
+            "Delete an organization (owners); its repositories keep the name reserved",
             Required,
             None,
             204,
@@ -494,6 +510,10 @@ fn schemas() -> Value {
             "password": { "type": "string", "minLength": 8 },
             "email": string(),
             "is_admin": { "type": "boolean", "default": false },
+            "adopt": {
+                "type": "boolean", "default": false,
+                "description": "site admins: take a name under which repositories already live",
+            },
         })),
         "User": object(&["username", "is_admin", "created_at"], json!({
             "username": string(),
@@ -510,7 +530,13 @@ fn schemas() -> Value {
             "current_password": string(),
             "new_password": { "type": "string", "minLength": 8 },
         })),
-        "NewOrg": object(&["name"], json!({ "name": string() })),
+        "NewOrg": object(&["name"], json!({
+            "name": string(),
+            "adopt": {
+                "type": "boolean", "default": false,
+                "description": "site admins: take a name under which repositories already live",
+            },
+        })),
         "Org": object(&["name", "created_at"], json!({ "name": string(), "created_at": time() })),
         "NewMember": object(&["username", "role"], json!({ "username": string(), "role": role.clone() })),
         "MemberRole": object(&["role"], json!({ "role": role.clone() })),
@@ -554,6 +580,10 @@ fn schemas() -> Value {
             &["id", "name", "scope", "permission", "created_at", "secret"],
             created_key,
         ),
+        "RefreshToken": object(&["id", "service", "client_id", "created_at", "expires_at"], json!({
+            "id": string(), "service": string(), "client_id": string(), "created_at": time(),
+            "last_used_at": time(), "expires_at": time(),
+        })),
         "OpenApiDocument": { "type": "object" },
     })
 }

@@ -57,6 +57,9 @@ impl From<MemberRow> for MemberView {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewOrgBody {
     name: String,
+    /// Take a name under which repositories already live (site admins only).
+    #[serde(default)]
+    adopt: bool,
 }
 
 /// `POST /api/v1/orgs`: creates an organization owned by the caller.
@@ -65,7 +68,10 @@ pub(super) async fn create_org(
     Authed(caller): Authed,
     JsonBody(body): JsonBody<NewOrgBody>,
 ) -> Result<Response, ApiError> {
-    let row = state.registry.create_org(&caller, &body.name).await?;
+    let row = state
+        .registry
+        .create_org(&caller, &body.name, body.adopt)
+        .await?;
     let location = format!("/orgs/{}", row.name);
     Ok(created(&location, OrgView::from(row)))
 }

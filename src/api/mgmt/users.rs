@@ -86,6 +86,9 @@ pub(crate) struct NewUserBody {
     email: String,
     #[serde(default)]
     is_admin: bool,
+    /// Take a name under which repositories already live (site admins only).
+    #[serde(default)]
+    adopt: bool,
 }
 
 /// `POST /api/v1/users`: creates a user (site admins; anyone when self-signup is on).
@@ -102,6 +105,7 @@ pub(super) async fn create_user(
             &body.password,
             &body.email,
             body.is_admin,
+            body.adopt,
         )
         .await?;
     let location = format!("/users/{}", row.username);

@@ -13,8 +13,8 @@ use tokio_postgres::Row;
 use super::{PostgresStore, Tx, all, exec, name_of, opt, repo_id};
 use crate::meta::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, LoginAdmission, LoginLimit, MemberRow,
-    NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow,
-    UserRow, UserUpdate, Visibility,
+    NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary,
+    TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
 };
 use crate::meta::{Result, now_millis};
 
@@ -43,7 +43,8 @@ fn name_at(r: &Row, i: usize) -> Result<String> {
     name_of(r.get(i))
 }
 
-const USER_COLS: &str = "id, username, email, password_hash, is_admin, created_at";
+const USER_COLS: &str =
+    "id, username, email, password_hash, is_admin, created_at, credential_generation";
 
 fn user_row(r: &Row) -> Result<UserRow> {
     Ok(UserRow {
@@ -53,6 +54,7 @@ fn user_row(r: &Row) -> Result<UserRow> {
         password_hash: r.get(3),
         is_admin: r.get(4),
         created_at: r.get(5),
+        credential_generation: r.get(6),
     })
 }
 
@@ -71,6 +73,22 @@ fn key_row(r: &Row) -> Result<ApiKeyRow> {
         revoked_at: r.get(8),
         created_at: r.get(9),
     })
+}
+
+const REFRESH_COLS: &str =
+    "id, user_id, service, secret_hash, expires_at, client_id, created_at, last_used_at";
+
+fn refresh_row(r: &Row) -> RefreshTokenRow {
+    RefreshTokenRow {
+        id: r.get(0),
+        user_id: r.get(1),
+        service: r.get(2),
+        secret_hash: r.get(3),
+        expires_at: r.get(4),
+        client_id: r.get(5),
+        created_at: r.get(6),
+        last_used_at: r.get(7),
+    }
 }
 
 fn org_row(r: &Row) -> Result<OrgRow> {
@@ -105,14 +123,45 @@ fn repo_summary(r: &Row) -> Result<RepoSummary> {
     })
 }
 
-async fn name_taken(tx: &Tx<'_>, name: &str) -> PgResult<bool> {
-    Ok(opt(
+/// Whether `name` may be claimed by a new user or organization; on success a tombstone under the
+/// name is removed (its repositories are gone, or the caller adopts them).
+async fn claim_name(
+    tx: &Tx<'_>,
+    name: &str,
+    adopt: bool,
+) -> PgResult<std::result::Result<(), NameConflict>> {
+    let row = opt(
         tx,
-        "SELECT 1 FROM namespaces WHERE name = $1",
+        "SELECT id, deleted_at FROM namespaces WHERE name = $1",
         &[&name.as_bytes()],
     )
-    .await?
-    .is_some())
+    .await?;
+    let existing = row.map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1)));
+    if let Some((_, None)) = existing {
+        return Ok(Err(NameConflict::Taken));
+    }
+    if !adopt && namespace_has_repos(tx, name.as_bytes()).await? {
+        return Ok(Err(NameConflict::HoldsRepositories));
+    }
+    if let Some((tombstone, Some(_))) = existing {
+        exec(tx, "DELETE FROM namespaces WHERE id = $1", &[&tombstone]).await?;
+    }
+    Ok(Ok(()))
+}
+
+/// Deletes a namespace row, or keeps it as a tombstone while repositories live under it.
+async fn retire_namespace(tx: &Tx<'_>, id: &str, name: &[u8]) -> PgResult<()> {
+    if namespace_has_repos(tx, name).await? {
+        exec(
+            tx,
+            "UPDATE namespaces SET deleted_at = $2 WHERE id = $1",
+            &[&id, &now_millis()],
+        )
+        .await?;
+    } else {
+        exec(tx, "DELETE FROM namespaces WHERE id = $1", &[&id]).await?;
+    }
+    Ok(())
 }
 
 async fn namespace_has_repos(tx: &Tx<'_>, ns: &[u8]) -> PgResult<bool> {
@@ -149,11 +198,14 @@ impl IdentityStore for PostgresStore {
         .await
     }
 
-    async fn create_user(&self, user: &NewUser) -> Result<Option<UserRow>> {
+    async fn create_user(
+        &self,
+        user: &NewUser,
+    ) -> Result<std::result::Result<UserRow, NameConflict>> {
         self.write("create_user", user, |tx, &user| {
             Box::pin(async move {
-                if name_taken(tx, &user.username).await? {
-                    return Ok(None);
+                if let Err(conflict) = claim_name(tx, &user.username, user.adopt).await? {
+                    return Ok(Err(conflict));
                 }
                 let (ns_id, user_id, now) = (new_id(), new_id(), now_millis());
                 let name = user.username.as_bytes();
@@ -178,13 +230,14 @@ impl IdentityStore for PostgresStore {
                     ],
                 )
                 .await?;
-                Ok(Some(UserRow {
+                Ok(Ok(UserRow {
                     id: user_id,
                     username: user.username.clone(),
                     email: user.email.clone(),
                     password_hash: user.password_hash.clone(),
                     is_admin: user.is_admin,
                     created_at: now,
+                    credential_generation: 0,
                 }))
             })
         })
@@ -237,10 +290,16 @@ impl IdentityStore for PostgresStore {
                     tx,
                     "UPDATE users SET email = coalesce($2, email),
                         password_hash = coalesce($3, password_hash),
-                        is_admin = coalesce($4, is_admin), updated_at = $5 WHERE id = $1",
+                        is_admin = coalesce($4, is_admin), updated_at = $5,
+                        credential_generation = credential_generation
+                            + CASE WHEN $3::TEXT IS NULL THEN 0 ELSE 1 END
+                     WHERE id = $1",
                     &[&id, &u.email, &u.password_hash, &u.is_admin, &now_millis()],
                 )
                 .await?;
+                if n > 0 && u.password_hash.is_some() {
+                    exec(tx, "DELETE FROM refresh_tokens WHERE user_id = $1", &[&id]).await?;
+                }
                 Ok(n > 0)
             })
         })
@@ -260,12 +319,6 @@ impl IdentityStore for PostgresStore {
                     return Ok(Ok(false));
                 };
                 let (ns_id, name): (String, Vec<u8>) = (row.get(0), row.get(1));
-                if namespace_has_repos(tx, &name).await? {
-                    let name = String::from_utf8_lossy(&name);
-                    return Ok(Err(format!(
-                        "namespace {name} still holds repositories; delete them first"
-                    )));
-                }
                 let last_owner = opt(
                     tx,
                     "SELECT n.name FROM org_members m JOIN namespaces n ON n.id = m.org_id
@@ -290,18 +343,23 @@ impl IdentityStore for PostgresStore {
                 ] {
                     exec(tx, sql, &[&id]).await?;
                 }
-                exec(tx, "DELETE FROM namespaces WHERE id = $1", &[&ns_id]).await?;
+                retire_namespace(tx, &ns_id, &name).await?;
                 Ok(Ok(true))
             })
         })
         .await
     }
 
-    async fn create_org(&self, name: &str, owner: &str) -> Result<Option<OrgRow>> {
-        self.write("create_org", (name, owner), |tx, &(name, owner)| {
+    async fn create_org(
+        &self,
+        name: &str,
+        owner: &str,
+        adopt: bool,
+    ) -> Result<std::result::Result<OrgRow, NameConflict>> {
+        self.write("create_org", (name, owner, adopt), |tx, &(name, owner, adopt)| {
             Box::pin(async move {
-                if name_taken(tx, name).await? {
-                    return Ok(None);
+                if let Err(conflict) = claim_name(tx, name, adopt).await? {
+                    return Ok(Err(conflict));
                 }
                 let (id, now) = (new_id(), now_millis());
                 exec(
@@ -317,7 +375,7 @@ impl IdentityStore for PostgresStore {
                     &[&id, &owner, &now],
                 )
                 .await?;
-                Ok(Some(OrgRow {
+                Ok(Ok(OrgRow {
                     id,
                     name: name.to_owned(),
                     created_at: now,
@@ -333,7 +391,8 @@ impl IdentityStore for PostgresStore {
                 Box::pin(async move {
                     opt(
                         tx,
-                        "SELECT id, name, created_at FROM namespaces WHERE name = $1 AND kind = 'org'",
+                        "SELECT id, name, created_at FROM namespaces
+                         WHERE name = $1 AND kind = 'org' AND deleted_at IS NULL",
                         &[&name.as_bytes()],
                     )
                     .await
@@ -359,7 +418,7 @@ impl IdentityStore for PostgresStore {
                         all(
                             tx,
                             "SELECT n.id, n.name, n.created_at FROM namespaces n
-                             WHERE n.kind = 'org' AND n.name > $1
+                             WHERE n.kind = 'org' AND n.deleted_at IS NULL AND n.name > $1
                                AND ($2::TEXT IS NULL OR EXISTS (SELECT 1 FROM org_members m
                                     WHERE m.org_id = n.id AND m.user_id = $2::TEXT))
                              ORDER BY n.name LIMIT $3",
@@ -378,7 +437,7 @@ impl IdentityStore for PostgresStore {
             Box::pin(async move {
                 let Some(row) = opt(
                     tx,
-                    "SELECT name FROM namespaces WHERE id = $1 AND kind = 'org'",
+                    "SELECT name FROM namespaces WHERE id = $1 AND kind = 'org' AND deleted_at IS NULL",
                     &[&id],
                 )
                 .await?
@@ -386,22 +445,16 @@ impl IdentityStore for PostgresStore {
                     return Ok(Ok(false));
                 };
                 let name: Vec<u8> = row.get(0);
-                if namespace_has_repos(tx, &name).await? {
-                    let name = String::from_utf8_lossy(&name);
-                    return Ok(Err(format!(
-                        "organization {name} still holds repositories; delete them first"
-                    )));
-                }
                 for sql in [
                     "DELETE FROM repo_permissions WHERE subject_kind = 'team'
                        AND subject_id IN (SELECT id FROM teams WHERE org_id = $1)",
                     "DELETE FROM team_members WHERE team_id IN (SELECT id FROM teams WHERE org_id = $1)",
                     "DELETE FROM teams WHERE org_id = $1",
                     "DELETE FROM org_members WHERE org_id = $1",
-                    "DELETE FROM namespaces WHERE id = $1",
                 ] {
                     exec(tx, sql, &[&id]).await?;
                 }
+                retire_namespace(tx, id, &name).await?;
                 Ok(Ok(true))
             })
         })
@@ -606,7 +659,7 @@ impl IdentityStore for PostgresStore {
                 }
                 let ns = opt(
                     tx,
-                    "SELECT id, kind FROM namespaces WHERE name = $1",
+                    "SELECT id, kind FROM namespaces WHERE name = $1 AND deleted_at IS NULL",
                     &[&ns_name.as_bytes()],
                 )
                 .await?;
@@ -978,8 +1031,8 @@ impl IdentityStore for PostgresStore {
                 exec(
                     tx,
                     "INSERT INTO refresh_tokens
-                        (id, user_id, service, secret_hash, expires_at, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                        (id, user_id, service, secret_hash, expires_at, created_at, client_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     &[
                         &t.id,
                         &t.user_id,
@@ -987,6 +1040,7 @@ impl IdentityStore for PostgresStore {
                         &t.secret_hash,
                         &t.expires_at,
                         &now_millis(),
+                        &t.client_id,
                     ],
                 )
                 .await?;
@@ -999,20 +1053,56 @@ impl IdentityStore for PostgresStore {
     async fn refresh_token(&self, id: &str) -> Result<Option<RefreshTokenRow>> {
         self.read("refresh_token", id, |tx, &id| {
             Box::pin(async move {
-                Ok(opt(
+                let sql = format!("SELECT {REFRESH_COLS} FROM refresh_tokens WHERE id = $1");
+                Ok(opt(tx, &sql, &[&id]).await?.as_ref().map(refresh_row))
+            })
+        })
+        .await
+    }
+
+    async fn list_refresh_tokens(&self, user: &str) -> Result<Vec<RefreshTokenRow>> {
+        self.read("list_refresh_tokens", user, |tx, &user| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {REFRESH_COLS} FROM refresh_tokens
+                     WHERE user_id = $1 AND expires_at > $2 ORDER BY id"
+                );
+                Ok(all(tx, &sql, &[&user, &now_millis()])
+                    .await?
+                    .iter()
+                    .map(refresh_row)
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    async fn delete_refresh_token(&self, user: &str, id: &str) -> Result<bool> {
+        self.write("delete_refresh_token", (user, id), |tx, &(user, id)| {
+            Box::pin(async move {
+                let n = exec(
                     tx,
-                    "SELECT id, user_id, service, secret_hash, expires_at
-                     FROM refresh_tokens WHERE id = $1",
-                    &[&id],
+                    "DELETE FROM refresh_tokens WHERE user_id = $1 AND id = $2",
+                    &[&user, &id],
                 )
-                .await?
-                .map(|r| RefreshTokenRow {
-                    id: r.get(0),
-                    user_id: r.get(1),
-                    service: r.get(2),
-                    secret_hash: r.get(3),
-                    expires_at: r.get(4),
-                }))
+                .await?;
+                Ok(n > 0)
+            })
+        })
+        .await
+    }
+
+    async fn touch_refresh_token(&self, id: &str, now: i64) -> Result<()> {
+        self.write("touch_refresh_token", (id, now), |tx, &(id, now)| {
+            Box::pin(async move {
+                exec(
+                    tx,
+                    "UPDATE refresh_tokens SET last_used_at = $2::INT8
+                     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2::INT8 - 60000)",
+                    &[&id, &now],
+                )
+                .await?;
+                Ok(())
             })
         })
         .await

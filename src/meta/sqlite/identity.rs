@@ -6,8 +6,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{CachedSql as _, SqliteStore};
 use crate::meta::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, LoginAdmission, LoginLimit, MemberRow,
-    NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary, TagSummary, TeamRow,
-    UserRow, UserUpdate, Visibility,
+    NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary,
+    TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
 };
 use crate::meta::{Result, now_millis};
 
@@ -26,10 +26,12 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
         password_hash: r.get(3)?,
         is_admin: r.get::<_, i64>(4)? != 0,
         created_at: r.get(5)?,
+        credential_generation: r.get(6)?,
     })
 }
 
-const USER_COLS: &str = "id, username, email, password_hash, is_admin, created_at";
+const USER_COLS: &str =
+    "id, username, email, password_hash, is_admin, created_at, credential_generation";
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
     Ok(ApiKeyRow {
@@ -48,6 +50,22 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
 
 const KEY_COLS: &str = "id, user_id, name, secret_hash, scope_kind, scope_name, permission, expires_at, revoked_at, created_at";
 
+const REFRESH_COLS: &str =
+    "id, user_id, service, secret_hash, expires_at, client_id, created_at, last_used_at";
+
+fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshTokenRow> {
+    Ok(RefreshTokenRow {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        service: r.get(2)?,
+        secret_hash: r.get(3)?,
+        expires_at: r.get(4)?,
+        client_id: r.get(5)?,
+        created_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+    })
+}
+
 fn repo_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<RepoSummary> {
     Ok(RepoSummary {
         name: r.get(0)?,
@@ -56,9 +74,43 @@ fn repo_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<RepoSummary> {
     })
 }
 
-fn name_taken(c: &Connection, name: &str) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT 1 FROM namespaces WHERE name = ?1")?
-        .exists([name])
+/// Whether `name` may be claimed by a new user or organization; on success a tombstone under the
+/// name is removed (its repositories are gone, or the caller adopts them).
+fn claim_name(
+    c: &Connection,
+    name: &str,
+    adopt: bool,
+) -> rusqlite::Result<std::result::Result<(), NameConflict>> {
+    let row: Option<(String, Option<i64>)> = c
+        .qrow(
+            "SELECT id, deleted_at FROM namespaces WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((_, None)) = row {
+        return Ok(Err(NameConflict::Taken));
+    }
+    if !adopt && namespace_has_repos(c, name)? {
+        return Ok(Err(NameConflict::HoldsRepositories));
+    }
+    if let Some((tombstone, Some(_))) = row {
+        c.exec("DELETE FROM namespaces WHERE id = ?1", [tombstone])?;
+    }
+    Ok(Ok(()))
+}
+
+/// Deletes a namespace row, or keeps it as a tombstone while repositories live under it.
+fn retire_namespace(c: &Connection, id: &str, name: &str) -> rusqlite::Result<()> {
+    if namespace_has_repos(c, name)? {
+        c.exec(
+            "UPDATE namespaces SET deleted_at = ?2 WHERE id = ?1",
+            params![id, now_millis()],
+        )?;
+    } else {
+        c.exec("DELETE FROM namespaces WHERE id = ?1", [id])?;
+    }
+    Ok(())
 }
 
 fn namespace_has_repos(c: &Connection, ns: &str) -> rusqlite::Result<bool> {
@@ -91,11 +143,14 @@ impl IdentityStore for SqliteStore {
             .map(|n| u64::try_from(n).unwrap_or(0))
     }
 
-    async fn create_user(&self, user: &NewUser) -> Result<Option<UserRow>> {
+    async fn create_user(
+        &self,
+        user: &NewUser,
+    ) -> Result<std::result::Result<UserRow, NameConflict>> {
         let user = user.clone();
         self.write(move |tx| {
-            if name_taken(tx, &user.username)? {
-                return Ok(None);
+            if let Err(conflict) = claim_name(tx, &user.username, user.adopt)? {
+                return Ok(Err(conflict));
             }
             let (ns_id, user_id, now) = (new_id(), new_id(), now_millis());
             tx.exec(
@@ -115,13 +170,14 @@ impl IdentityStore for SqliteStore {
                     now
                 ],
             )?;
-            Ok(Some(UserRow {
+            Ok(Ok(UserRow {
                 id: user_id,
                 username: user.username,
                 email: user.email,
                 password_hash: user.password_hash,
                 is_admin: user.is_admin,
                 created_at: now,
+                credential_generation: 0,
             }))
         })
         .await
@@ -170,9 +226,14 @@ impl IdentityStore for SqliteStore {
         self.write(move |tx| {
             let n = tx.exec(
                 "UPDATE users SET email = coalesce(?2, email), password_hash = coalesce(?3, password_hash),
-                    is_admin = coalesce(?4, is_admin), updated_at = ?5 WHERE id = ?1",
+                    is_admin = coalesce(?4, is_admin), updated_at = ?5,
+                    credential_generation = credential_generation + CASE WHEN ?3 IS NULL THEN 0 ELSE 1 END
+                 WHERE id = ?1",
                 params![id, u.email, u.password_hash, u.is_admin.map(i64::from), now_millis()],
             )?;
+            if n > 0 && u.password_hash.is_some() {
+                tx.exec("DELETE FROM refresh_tokens WHERE user_id = ?1", [&id])?;
+            }
             Ok(n > 0)
         })
         .await
@@ -189,9 +250,6 @@ impl IdentityStore for SqliteStore {
             else {
                 return Ok(Ok(false));
             };
-            if namespace_has_repos(tx, &name)? {
-                return Ok(Err(format!("namespace {name} still holds repositories; delete them first")));
-            }
             let last_owner: Option<String> = tx
                 .qrow(
                     "SELECT n.name FROM org_members m JOIN namespaces n ON n.id = m.org_id
@@ -211,17 +269,22 @@ impl IdentityStore for SqliteStore {
             tx.exec("DELETE FROM api_keys WHERE user_id = ?1", [&id])?;
             tx.exec("DELETE FROM refresh_tokens WHERE user_id = ?1", [&id])?;
             tx.exec("DELETE FROM users WHERE id = ?1", [&id])?;
-            tx.exec("DELETE FROM namespaces WHERE id = ?1", [&ns_id])?;
+            retire_namespace(tx, &ns_id, &name)?;
             Ok(Ok(true))
         })
         .await
     }
 
-    async fn create_org(&self, name: &str, owner: &str) -> Result<Option<OrgRow>> {
+    async fn create_org(
+        &self,
+        name: &str,
+        owner: &str,
+        adopt: bool,
+    ) -> Result<std::result::Result<OrgRow, NameConflict>> {
         let (name, owner) = (name.to_owned(), owner.to_owned());
         self.write(move |tx| {
-            if name_taken(tx, &name)? {
-                return Ok(None);
+            if let Err(conflict) = claim_name(tx, &name, adopt)? {
+                return Ok(Err(conflict));
             }
             let (id, now) = (new_id(), now_millis());
             tx.exec(
@@ -232,7 +295,7 @@ impl IdentityStore for SqliteStore {
                 "INSERT INTO org_members (org_id, user_id, role, created_at) VALUES (?1, ?2, 'owner', ?3)",
                 params![id, owner, now],
             )?;
-            Ok(Some(OrgRow { id, name, created_at: now }))
+            Ok(Ok(OrgRow { id, name, created_at: now }))
         })
         .await
     }
@@ -241,7 +304,7 @@ impl IdentityStore for SqliteStore {
         let name = name.to_owned();
         self.read(move |c| {
             c.qrow(
-                "SELECT id, name, created_at FROM namespaces WHERE name = ?1 AND kind = 'org'",
+                "SELECT id, name, created_at FROM namespaces WHERE name = ?1 AND kind = 'org' AND deleted_at IS NULL",
                 [name],
                 |r| {
                     Ok(OrgRow {
@@ -266,7 +329,7 @@ impl IdentityStore for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT n.id, n.name, n.created_at FROM namespaces n
-                 WHERE n.kind = 'org' AND n.name > ?1
+                 WHERE n.kind = 'org' AND n.deleted_at IS NULL AND n.name > ?1
                    AND (?2 IS NULL OR EXISTS (SELECT 1 FROM org_members m WHERE m.org_id = n.id AND m.user_id = ?2))
                  ORDER BY n.name LIMIT ?3",
             )?;
@@ -282,14 +345,11 @@ impl IdentityStore for SqliteStore {
         let id = id.to_owned();
         self.write(move |tx| {
             let Some(name): Option<String> = tx
-                .qrow("SELECT name FROM namespaces WHERE id = ?1 AND kind = 'org'", [&id], |r| r.get(0))
+                .qrow("SELECT name FROM namespaces WHERE id = ?1 AND kind = 'org' AND deleted_at IS NULL", [&id], |r| r.get(0))
                 .optional()?
             else {
                 return Ok(Ok(false));
             };
-            if namespace_has_repos(tx, &name)? {
-                return Ok(Err(format!("organization {name} still holds repositories; delete them first")));
-            }
             tx.exec(
                 "DELETE FROM repo_permissions WHERE subject_kind = 'team'
                    AND subject_id IN (SELECT id FROM teams WHERE org_id = ?1)",
@@ -298,7 +358,7 @@ impl IdentityStore for SqliteStore {
             tx.exec("DELETE FROM team_members WHERE team_id IN (SELECT id FROM teams WHERE org_id = ?1)", [&id])?;
             tx.exec("DELETE FROM teams WHERE org_id = ?1", [&id])?;
             tx.exec("DELETE FROM org_members WHERE org_id = ?1", [&id])?;
-            tx.exec("DELETE FROM namespaces WHERE id = ?1", [&id])?;
+            retire_namespace(tx, &id, &name)?;
             Ok(Ok(true))
         })
         .await
@@ -469,7 +529,11 @@ impl IdentityStore for SqliteStore {
                 facts.public = Visibility::parse(vis.as_deref()) == Visibility::Public;
             }
             let ns: Option<(String, String)> = c
-                .qrow("SELECT id, kind FROM namespaces WHERE name = ?1", [&ns_name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .qrow(
+                    "SELECT id, kind FROM namespaces WHERE name = ?1 AND deleted_at IS NULL",
+                    [&ns_name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
             let ns_id = ns.as_ref().map(|(id, _)| id.clone());
             facts.namespace = ns.map(|(_, kind)| {
@@ -718,9 +782,9 @@ impl IdentityStore for SqliteStore {
         let t = token.clone();
         self.write(move |tx| {
             tx.exec(
-                "INSERT INTO refresh_tokens (id, user_id, service, secret_hash, expires_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![t.id, t.user_id, t.service, t.secret_hash, t.expires_at, now_millis()],
+                "INSERT INTO refresh_tokens (id, user_id, service, secret_hash, expires_at, created_at, client_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.id, t.user_id, t.service, t.secret_hash, t.expires_at, now_millis(), t.client_id],
             )?;
             Ok(())
         })
@@ -731,19 +795,47 @@ impl IdentityStore for SqliteStore {
         let id = id.to_owned();
         self.read(move |c| {
             c.qrow(
-                "SELECT id, user_id, service, secret_hash, expires_at FROM refresh_tokens WHERE id = ?1",
+                &format!("SELECT {REFRESH_COLS} FROM refresh_tokens WHERE id = ?1"),
                 [id],
-                |r| {
-                    Ok(RefreshTokenRow {
-                        id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        service: r.get(2)?,
-                        secret_hash: r.get(3)?,
-                        expires_at: r.get(4)?,
-                    })
-                },
+                refresh_row,
             )
             .optional()
+        })
+        .await
+    }
+
+    async fn list_refresh_tokens(&self, user: &str) -> Result<Vec<RefreshTokenRow>> {
+        let user = user.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {REFRESH_COLS} FROM refresh_tokens WHERE user_id = ?1 AND expires_at > ?2 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(params![user, now_millis()], refresh_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_refresh_token(&self, user: &str, id: &str) -> Result<bool> {
+        let (user, id) = (user.to_owned(), id.to_owned());
+        self.write(move |tx| {
+            Ok(tx.exec(
+                "DELETE FROM refresh_tokens WHERE user_id = ?1 AND id = ?2",
+                [&user, &id],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn touch_refresh_token(&self, id: &str, now: i64) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            tx.exec(
+                "UPDATE refresh_tokens SET last_used_at = ?2
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60000)",
+                params![id, now],
+            )?;
+            Ok(())
         })
         .await
     }
