@@ -36,6 +36,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0003_create_leases",
         sql: include_str!("../../schema/sqlite/0003_create_leases.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_add_upload_owner",
+        sql: include_str!("../../schema/sqlite/0007_add_upload_owner.sql"),
+    },
 ];
 
 /// The PostgreSQL/CockroachDB migrations, in order.
@@ -54,6 +59,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "0003_create_leases",
         sql: include_str!("../../schema/postgres/0003_create_leases.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_add_upload_owner",
+        sql: include_str!("../../schema/postgres/0007_add_upload_owner.sql"),
     },
 ];
 
