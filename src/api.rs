@@ -173,6 +173,59 @@ fn while_starting(startup: &Startup, req: &Request) -> Response {
     res
 }
 
+/// Longest request target (path and query) accepted, in bytes; longer ones answer 414. Far above
+/// any registry request (a repository name is at most 255 bytes) and below hyper's own bound
+/// (64 KiB, answered with a bare 414 before any handler runs).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Largest request head accepted: the header lines' bytes (name, value and 4 bytes of `: ` and
+/// CRLF each); larger ones answer 431. Below hyper's own bound (its read buffer, about 400 KiB,
+/// and `app`'s header count), above which hyper answers a bare 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses requests whose target or head is over the limits above, with the envelope of the API
+/// they address: the OCI error (code `UNSUPPORTED`, the spec's code for a request the registry
+/// will not process; none of its fourteen codes is about request heads) everywhere but under
+/// `/api/`, where the management API's (`too_large`).
+async fn limit_request_head(req: Request, next: Next) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let head_len: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let refused = if uri_len > MAX_URI_BYTES {
+        Some((
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is longer than {MAX_URI_BYTES} bytes"),
+        ))
+    } else if head_len > MAX_HEADER_BYTES {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request headers are larger than {MAX_HEADER_BYTES} bytes"),
+        ))
+    } else {
+        None
+    };
+    let Some((status, message)) = refused else {
+        return next.run(req).await;
+    };
+    let body = if req.uri().path().starts_with("/api/") {
+        mgmt::error::error_body("too_large", &message)
+    } else {
+        error_body("UNSUPPORTED", &message, None)
+    };
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// Builds the whole HTTP application.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -188,6 +241,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(fallback)
         .with_state(state)
         // Layers run outermost-last: the request id is set first and seen by everything inside.
+        .layer(middleware::from_fn(limit_request_head))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),

@@ -233,23 +233,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested: draining in-flight requests");
         let _ = stop_tx.send(true);
     });
-    let mut server_stop = stop_rx.clone();
-    // No Nagle delay: a response whose head and streamed body go out in separate writes (every
-    // blob GET) would otherwise wait for the client's delayed ACK, 40 ms per small blob.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let server = axum::serve(
-        listener,
-        api::starting_router(startup.clone())
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = server_stop.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server_stop = stop_rx.clone();
+    let server = serve_connections(listener, api::starting_router(startup.clone()), server_stop);
+    let server = tokio::spawn(server);
     tracing::info!(listen_address = %addr, "aerugo listening; opening the metadata store");
 
     let reporter = startup.clone();
@@ -290,7 +276,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let (served, ()) = tokio::join!(tokio::time::timeout_at(deadline, server), jobs_drained);
     match served {
-        Ok(joined) => joined.context("server task")?.context("server")?,
+        Ok(joined) => joined.context("server task")?,
         Err(_) => tracing::warn!(
             grace_seconds = grace.as_secs(),
             "grace period over, exiting with requests in flight"
@@ -298,6 +284,91 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("aerugo stopped");
     Ok(())
+}
+
+/// Most header lines hyper parses in one request (its default is 100). Above it hyper answers a
+/// bare 431 before any handler runs; up to it, `api`'s middleware enforces the real limit on the
+/// head's size (`api::MAX_HEADER_BYTES`) and answers with the OCI or management error envelope.
+/// Every request costs a buffer of this many header slots (about 64 bytes each).
+const HYPER_MAX_HEADERS: usize = 1024;
+
+/// Accepts connections and serves `app` on each (HTTP/1.1, and HTTP/2 with prior knowledge) until
+/// `stop` turns true, then lets open connections finish their requests. This is `axum::serve`
+/// with hyper's header limit raised (see [`HYPER_MAX_HEADERS`]); accepted sockets get
+/// `TCP_NODELAY` (a response whose head and streamed body go out in separate writes, every blob
+/// GET, would otherwise wait for the client's delayed ACK, 40 ms per small blob) and each request
+/// the peer address as `ConnectInfo`.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
+    // Dropped when the stop signal comes; every connection task holds a receiver of `closed`, so
+    // `closed_tx.closed()` resolves once the last connection ended.
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+        let service =
+            app.clone()
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                });
+        let service = TowerToHyperService::new(service);
+        let mut drain = drain_rx.clone();
+        let closed = closed_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().max_headers(HYPER_MAX_HEADERS);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = stopped(&mut drain) => {
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    drop(closed_rx);
+    closed_tx.closed().await;
+}
+
+/// Resolves once `flag` is true (or its sender is gone); holds no guard across the await.
+async fn stopped(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|on| *on).await.map(|_| ());
 }
 
 async fn shutdown_signal() {

@@ -523,6 +523,17 @@ pub struct RegistryConfig {
     /// How often a node looks for abandoned uploads. One node at a time does the work (a lease in
     /// the metadata store), so several nodes do not purge twice.
     pub upload_purge_interval_seconds: u64,
+    /// Most chunks (stored parts) one upload session may hold; a chunk beyond it answers 400
+    /// `BLOB_UPLOAD_INVALID`. At most [`MAX_UPLOAD_PARTS`], S3's own limit on the parts of a
+    /// multipart upload, which joining the parts must stay within.
+    pub max_upload_parts: u64,
+    /// Most upload sessions one user may have recently active (advanced within
+    /// `active_upload_window_seconds`); starting one more answers 429 `TOOMANYREQUESTS` with
+    /// `Retry-After`. 0 means no bound.
+    pub max_active_uploads_per_user: u64,
+    /// How long an upload session counts as active after it last advanced, for
+    /// `max_active_uploads_per_user`.
+    pub active_upload_window_seconds: u64,
 }
 
 impl Default for RegistryConfig {
@@ -533,9 +544,15 @@ impl Default for RegistryConfig {
             max_page_size: 10_000,
             upload_max_age_seconds: 86_400,
             upload_purge_interval_seconds: 600,
+            max_upload_parts: MAX_UPLOAD_PARTS,
+            max_active_uploads_per_user: 1000,
+            active_upload_window_seconds: 3600,
         }
     }
 }
+
+/// The largest `registry.max_upload_parts`: S3 joins at most this many parts into one object.
+pub const MAX_UPLOAD_PARTS: u64 = 10_000;
 
 /// Size limits.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -745,6 +762,22 @@ impl Config {
                     .into(),
             });
         }
+        if !(1..=MAX_UPLOAD_PARTS).contains(&self.registry.max_upload_parts) {
+            return Err(ConfigError::Invalid {
+                key: "registry.max_upload_parts",
+                message: format!("must be between 1 and {MAX_UPLOAD_PARTS} (S3's part limit)"),
+            });
+        }
+        if self.registry.max_active_uploads_per_user > 0
+            && self.registry.active_upload_window_seconds == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "registry.active_upload_window_seconds",
+                message:
+                    "must be positive (turn the bound off with max_active_uploads_per_user = 0)"
+                        .into(),
+            });
+        }
         if self.server.request_timeout_seconds == 0 || self.server.body_idle_timeout_seconds == 0 {
             return Err(ConfigError::Invalid {
                 key: "server.request_timeout_seconds",
@@ -838,6 +871,11 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.server.listen_address.to_string(), "0.0.0.0:8080");
+        // S3 joins at most 10,000 parts; the default is that bound and nothing above it is valid.
+        assert_eq!(c.registry.max_upload_parts, 10_000);
+        let mut over = Config::default();
+        over.registry.max_upload_parts = 10_001;
+        assert!(over.validate().is_err());
         assert_eq!(
             c.database_kind().unwrap(),
             DatabaseKind::Sqlite(PathBuf::from("./aerugo-data/aerugo.db"))

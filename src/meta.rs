@@ -188,6 +188,31 @@ pub struct StaleUpload {
     pub updated_at: i64,
 }
 
+/// Where an upload session stands, without its parts: what a chunk needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// Session id.
+    pub id: String,
+    /// Bytes accepted so far.
+    pub offset: u64,
+    /// Serialized hash state after `offset` bytes.
+    pub hash_state: Vec<u8>,
+    /// How many parts the session holds.
+    pub parts: u64,
+}
+
+/// The answer to [`MetaStore::create_upload_bounded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadAdmission {
+    /// The session was created.
+    Created,
+    /// The owner already has the maximum number of recently active sessions; none was created.
+    Full {
+        /// When the oldest of the counted sessions last advanced (milliseconds since the epoch).
+        oldest_updated_at: i64,
+    },
+}
+
 /// The metadata store contract. Implementations are cheap to clone behind an `Arc`.
 #[async_trait]
 pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
@@ -437,6 +462,21 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes an upload session and its parts if it still has not advanced since `before`;
     /// `true` when it was deleted. A session that moved on in the meantime is kept.
     async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool>;
+
+    /// Starts an upload session for `owner` (creating the repository) unless `owner` already has
+    /// `max_active` sessions that advanced at or after `active_since` (milliseconds); the count
+    /// and the insert are one transaction, so concurrent starts never exceed the bound.
+    async fn create_upload_bounded(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        hash_state: &[u8],
+        owner: &str,
+        active_since: i64,
+        max_active: u64,
+    ) -> Result<UploadAdmission>;
+    /// The session's offset, hash state and part count, without reading its parts.
+    async fn upload_progress(&self, repo: &RepoName, id: &str) -> Result<Option<UploadProgress>>;
 }
 
 fn unexpected(out: &Out) -> Error {

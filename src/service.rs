@@ -150,6 +150,12 @@ pub struct Settings {
     pub max_page_size: u32,
     /// Visibility of repositories created by a push.
     pub default_visibility: Visibility,
+    /// Most parts one upload session may hold.
+    pub max_upload_parts: u64,
+    /// Most recently active upload sessions per user (0: no bound).
+    pub max_active_uploads_per_user: u64,
+    /// How long an upload session counts as active after it last advanced.
+    pub active_upload_window: std::time::Duration,
 }
 
 impl Settings {
@@ -160,6 +166,11 @@ impl Settings {
             delete_enabled: config.registry.delete_enabled,
             default_page_size: config.registry.default_page_size,
             max_page_size: config.registry.max_page_size,
+            max_upload_parts: config.registry.max_upload_parts,
+            max_active_uploads_per_user: config.registry.max_active_uploads_per_user,
+            active_upload_window: std::time::Duration::from_secs(
+                config.registry.active_upload_window_seconds,
+            ),
             default_visibility: if config.auth.default_visibility == "public" {
                 Visibility::Public
             } else {

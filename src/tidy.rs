@@ -48,6 +48,8 @@ const FENCES: &[(&str, &[&str])] = &[
     ("opendal", &[]),
     ("axum", &["api", "app"]),
     ("tower_http", &["api", "app"]),
+    ("hyper", &["app"]),
+    ("hyper_util", &["app"]),
     ("redis", &["cache"]),
     ("moka", &["cache"]),
     ("jsonwebtoken", &["auth"]),

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use super::credentials::{Client, Credentials};
 use super::{ApiState, RouteLabel};
 use crate::auth::scope::challenge_scope;
-use crate::oci::{Digest, RefError, Reference};
+use crate::oci::{Digest, RefError, Reference, RepoName};
 use crate::service::{Action, Principal};
 
 mod blobs;
@@ -50,7 +50,8 @@ pub(crate) async fn dispatch(
     if let Some(repo) = route.repo() {
         span.record("repo.name", repo.as_str());
     }
-    let challenge = Challenge::new(&state, &headers, &client, &method, &route);
+    let query = Query::parse(uri.query());
+    let challenge = Challenge::new(&state, &headers, &client, &method, &route, &query);
     let principal = match resolve_principal(&state, &headers, &client).await {
         Ok(p) => p,
         Err(e) => {
@@ -59,7 +60,6 @@ pub(crate) async fn dispatch(
             return res;
         }
     };
-    let query = Query::parse(uri.query());
     // Requests carrying a blob body may legitimately run for a long time; they are bounded by an
     // idle timeout on the body instead. Everything else gets an overall deadline.
     let streams_blob = matches!(
@@ -124,8 +124,9 @@ impl Challenge {
         client: &Client,
         method: &Method,
         route: &OciRoute,
+        query: &Query,
     ) -> Self {
-        let scope = match route {
+        let mut scope = match route {
             OciRoute::Base => None,
             OciRoute::Catalog => Some("registry:catalog:*".to_owned()),
             other => other.repo().map(|repo| {
@@ -137,6 +138,17 @@ impl Challenge {
                 challenge_scope(repo.as_str(), actions)
             }),
         };
+        // A mount also needs pull on the source: name it too, so a token client asks for both and
+        // gets a token that can mount (without it the mount silently becomes an upload).
+        if let (OciRoute::UploadStart(repo), Some(scope)) = (route, &mut scope)
+            && *method == Method::POST
+            && query.get("mount").is_some()
+            && let Some(from) = query.get("from").and_then(|f| f.parse::<RepoName>().ok())
+            && from != *repo
+        {
+            scope.push(' ');
+            scope.push_str(&challenge_scope(from.as_str(), &[Action::Pull]));
+        }
         Challenge {
             realm: format!("{}/auth/token", super::public_base(state, headers, client)),
             service: state.registry.service_name().to_owned(),

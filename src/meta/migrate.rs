@@ -52,6 +52,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../schema/sqlite/0006_create_cluster.sql"),
     },
     Migration {
+        version: 7,
+        name: "0007_add_upload_owner",
+        sql: include_str!("../../schema/sqlite/0007_add_upload_owner.sql"),
+    },
+    Migration {
         version: 8,
         name: "0008_index_login_failures",
         sql: include_str!("../../schema/sqlite/0008_index_login_failures.sql"),
@@ -89,6 +94,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 6,
         name: "0006_create_cluster",
         sql: include_str!("../../schema/postgres/0006_create_cluster.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_add_upload_owner",
+        sql: include_str!("../../schema/postgres/0007_add_upload_owner.sql"),
     },
     Migration {
         version: 8,

@@ -1753,6 +1753,85 @@ impl MetaStore for PostgresStore {
         })
         .await
     }
+
+    async fn create_upload_bounded(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        hash_state: &[u8],
+        owner: &str,
+        active_since: i64,
+        max_active: u64,
+    ) -> Result<super::UploadAdmission> {
+        let repo = repo.as_str();
+        let max_active = i64::try_from(max_active).unwrap_or(i64::MAX);
+        self.write_sql(
+            "create_upload_bounded",
+            (repo, id, hash_state, owner, active_since, max_active),
+            |tx, &(repo, id, hash_state, owner, active_since, max_active)| {
+                Box::pin(async move {
+                    // SERIALIZABLE: two starts that both read a count below the bound and both
+                    // insert conflict, and one of them retries and sees the other's session.
+                    let row = opt(
+                        tx,
+                        "SELECT COUNT(*), MIN(updated_at) FROM uploads
+                         WHERE owner = $1 AND updated_at >= $2",
+                        &[&owner, &active_since],
+                    )
+                    .await?;
+                    let (active, oldest): (i64, Option<i64>) =
+                        row.map_or((0, None), |r| (r.get(0), r.get(1)));
+                    if active >= max_active {
+                        return Ok(super::UploadAdmission::Full {
+                            oldest_updated_at: oldest.unwrap_or(active_since),
+                        });
+                    }
+                    let mut changes = Vec::new();
+                    let repo_id = ensure_repo(tx, repo, &mut changes).await?;
+                    let now = now_millis();
+                    exec(
+                        tx,
+                        "INSERT INTO uploads
+                             (id, repo_id, byte_offset, hash_state, started_at, updated_at, owner)
+                         VALUES ($1, $2, 0, $3, $4, $4, $5)",
+                        &[&id, &repo_id, &hash_state, &now, &owner],
+                    )
+                    .await?;
+                    record(tx, &changes).await?;
+                    Ok(super::UploadAdmission::Created)
+                })
+            },
+        )
+        .await
+    }
+
+    async fn upload_progress(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Option<super::UploadProgress>> {
+        let repo = repo.as_str();
+        self.read("upload_progress", (repo, id), |tx, &(repo, id)| {
+            Box::pin(async move {
+                let row = opt(
+                    tx,
+                    "SELECT u.byte_offset, u.hash_state,
+                            (SELECT COUNT(*) FROM upload_parts p WHERE p.upload_id = u.id)
+                     FROM uploads u JOIN repositories r ON r.id = u.repo_id
+                     WHERE u.id = $1 AND r.name = $2",
+                    &[&id, &repo.as_bytes()],
+                )
+                .await?;
+                Ok(row.map(|r| super::UploadProgress {
+                    id: id.to_owned(),
+                    offset: to_u64(r.get(0)),
+                    hash_state: r.get(1),
+                    parts: to_u64(r.get(2)),
+                }))
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -1063,4 +1063,72 @@ impl MetaStore for SqliteStore {
         })
         .await
     }
+    async fn create_upload_bounded(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        hash_state: &[u8],
+        owner: &str,
+        active_since: i64,
+        max_active: u64,
+    ) -> Result<super::UploadAdmission> {
+        let (repo, id, state, owner) = (
+            repo.as_str().to_owned(),
+            id.to_owned(),
+            hash_state.to_vec(),
+            owner.to_owned(),
+        );
+        self.write(move |tx| {
+            let (active, oldest): (i64, Option<i64>) = tx.qrow(
+                "SELECT COUNT(*), MIN(updated_at) FROM uploads
+                 WHERE owner = ?1 AND updated_at >= ?2",
+                params![owner, active_since],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if to_u64(active) >= max_active {
+                return Ok(super::UploadAdmission::Full {
+                    oldest_updated_at: oldest.unwrap_or(active_since),
+                });
+            }
+            let mut changes = Vec::new();
+            let repo_id = ensure_repo(tx, &repo, &mut changes)?;
+            let now = now_millis();
+            tx.exec(
+                "INSERT INTO uploads
+                     (id, repo_id, byte_offset, hash_state, started_at, updated_at, owner)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?4, ?5)",
+                params![id, repo_id, state, now, owner],
+            )?;
+            record(tx, &changes)?;
+            Ok(super::UploadAdmission::Created)
+        })
+        .await
+    }
+
+    async fn upload_progress(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Option<super::UploadProgress>> {
+        let (repo, id) = (repo.as_str().to_owned(), id.to_owned());
+        self.read(move |c| {
+            c.qrow(
+                "SELECT u.byte_offset, u.hash_state,
+                        (SELECT COUNT(*) FROM upload_parts p WHERE p.upload_id = u.id)
+                 FROM uploads u JOIN repositories r ON r.id = u.repo_id
+                 WHERE u.id = ?1 AND r.name = ?2",
+                [&id, &repo],
+                |r| {
+                    Ok(super::UploadProgress {
+                        id: id.clone(),
+                        offset: to_u64(r.get(0)?),
+                        hash_state: r.get(1)?,
+                        parts: to_u64(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
 }

@@ -27,6 +27,15 @@ impl DigestAlgorithm {
         }
     }
 
+    /// The algorithm called `name` (`sha256`, `sha512`), if supported.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "sha256" => Some(DigestAlgorithm::Sha256),
+            "sha512" => Some(DigestAlgorithm::Sha512),
+            _ => None,
+        }
+    }
+
     fn hex_len(self) -> usize {
         match self {
             DigestAlgorithm::Sha256 => 64,

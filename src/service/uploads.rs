@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 
 use super::access::Action;
 use super::{Error, Principal, Registry, Result};
-use crate::meta::{BlobCommit, BlobRow, NewBlob, UploadPart, UploadRow};
+use crate::meta::{BlobCommit, BlobRow, NewBlob, UploadAdmission, UploadPart, UploadRow};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName};
 use crate::storage::Storage;
 
@@ -43,6 +43,23 @@ fn valid_upload_id(id: &str) -> bool {
 
 /// Sessions the purge reads per query; it queries again until none are left.
 const PURGE_BATCH: u32 = 500;
+
+/// Where the next chunk of a session goes: what writing and recording a part needs, and no more.
+struct Cursor<'a> {
+    id: &'a str,
+    offset: u64,
+    hash_state: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn of(row: &'a UploadRow) -> Self {
+        Cursor {
+            id: &row.id,
+            offset: row.offset,
+            hash_state: &row.hash_state,
+        }
+    }
+}
 
 impl Registry {
     /// Deletes every upload session that has not received a chunk for `max_age` (measured on
@@ -84,20 +101,46 @@ impl Registry {
         }
     }
 
-    /// Starts an upload session.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
-        self.start_upload_with(repo, DigestAlgorithm::Sha256).await
-    }
-
-    async fn start_upload_with(
+    /// Starts an upload session for `principal` whose content is hashed with `alg` (the client
+    /// declares it with `digest-algorithm`; sha256 otherwise). A user who already has
+    /// `registry.max_active_uploads_per_user` recently active sessions gets `TooManyRequests`,
+    /// with the time until the oldest of them stops counting.
+    pub async fn start_upload(
         &self,
+        principal: &Principal,
         repo: &RepoName,
         alg: DigestAlgorithm,
     ) -> Result<UploadStatus> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        self.meta
-            .create_upload(repo, &id, &Hasher::new(alg).save())
-            .await?;
+        let state = Hasher::new(alg).save();
+        let max = self.settings.max_active_uploads_per_user;
+        match upload_owner(principal) {
+            Some(owner) if max > 0 => {
+                let window = i64::try_from(self.settings.active_upload_window.as_millis())
+                    .unwrap_or(i64::MAX);
+                let now = crate::meta::now_millis();
+                let since = now.saturating_sub(window);
+                let admission = self
+                    .meta
+                    .create_upload_bounded(repo, &id, &state, owner, since, max)
+                    .await?;
+                if let UploadAdmission::Full { oldest_updated_at } = admission {
+                    let wait_ms = oldest_updated_at.saturating_add(window).saturating_sub(now);
+                    let secs = wait_ms.saturating_add(999) / 1000;
+                    let retry_after_secs = u64::try_from(secs).unwrap_or(0).max(1);
+                    metrics::counter!("aerugo_upload_sessions_total", "event" => "refused")
+                        .increment(1);
+                    tracing::info!(
+                        repo.name = %repo,
+                        user = %owner,
+                        max_active = max,
+                        "upload refused: too many active upload sessions"
+                    );
+                    return Err(Error::TooManyRequests { retry_after_secs });
+                }
+            }
+            _ => self.meta.create_upload(repo, &id, &state).await?,
+        }
         self.init_visibility(repo).await?;
         metrics::counter!("aerugo_upload_sessions_total", "event" => "started").increment(1);
         tracing::debug!(repo.name = %repo, upload.id = %id, "upload started");
@@ -136,7 +179,14 @@ impl Registry {
 
     /// The state of an upload session.
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
-        let row = self.load_upload(repo, id).await?;
+        if !valid_upload_id(id) {
+            return Err(Error::UploadUnknown);
+        }
+        let row = self
+            .meta
+            .upload_progress(repo, id)
+            .await?
+            .ok_or(Error::UploadUnknown)?;
         Ok(UploadStatus {
             id: row.id,
             offset: row.offset,
@@ -172,7 +222,20 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let row = self.load_upload(repo, id).await?;
+        // Only the session's head and part count: a chunk never reads the parts before it.
+        if !valid_upload_id(id) {
+            return Err(Error::UploadUnknown);
+        }
+        let row = self
+            .meta
+            .upload_progress(repo, id)
+            .await?
+            .ok_or(Error::UploadUnknown)?;
+        let cursor = Cursor {
+            id: &row.id,
+            offset: row.offset,
+            hash_state: &row.hash_state,
+        };
         let expected = match range {
             Some(r) => {
                 if r.first != row.offset {
@@ -194,12 +257,16 @@ impl Registry {
             }
             None => content_length,
         };
-        let written = self.write_part(&row, expected, body).await?;
+        let room = row.parts < self.settings.max_upload_parts;
+        let written = self.write_part(&cursor, room, expected, body).await?;
         let offset = match written {
-            Some((part, hasher)) => self.record_part(repo, &row, part, &hasher).await?,
+            Some((part, hasher)) => self.record_part(repo, &cursor, part, &hasher).await?,
             None => row.offset,
         };
-        Ok(UploadStatus { id: row.id, offset })
+        Ok(UploadStatus {
+            id: row.id.clone(),
+            offset,
+        })
     }
 
     /// Completes an upload with an optional last chunk, verifies `digest`, and records the blob.
@@ -216,9 +283,21 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut row = self.load_upload(repo, id).await?;
+        if row.offset == 0 && algorithm_of(&restore_hasher(&row)?) != digest.algorithm() {
+            // Nothing hashed yet (a single-request upload: POST, then PUT with the whole blob):
+            // hash with the digest's algorithm from the first byte. The new state is stored by the
+            // same compare-and-set that records the part.
+            row.hash_state = Hasher::new(digest.algorithm()).save();
+        }
         let mut hasher = restore_hasher(&row)?;
-        if let Some((part, h)) = self.write_part(&row, content_length, body).await? {
-            row.offset = self.record_part(repo, &row, part.clone(), &h).await?;
+        let room = (row.parts.len() as u64) < self.settings.max_upload_parts;
+        let written = self
+            .write_part(&Cursor::of(&row), room, content_length, body)
+            .await?;
+        if let Some((part, h)) = written {
+            row.offset = self
+                .record_part(repo, &Cursor::of(&row), part.clone(), &h)
+                .await?;
             row.parts.push(part);
             hasher = h;
         }
@@ -228,6 +307,7 @@ impl Registry {
     /// A monolithic upload in one request (`POST ?digest=`).
     pub async fn upload_blob<B, E>(
         &self,
+        principal: &Principal,
         repo: &RepoName,
         digest: &Digest,
         content_length: Option<u64>,
@@ -237,7 +317,9 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let status = self.start_upload_with(repo, digest.algorithm()).await?;
+        let status = self
+            .start_upload(principal, repo, digest.algorithm())
+            .await?;
         match self
             .complete_upload(repo, &status.id, digest, content_length, body)
             .await
@@ -254,9 +336,13 @@ impl Registry {
     }
 
     /// Streams `body` into a new part object while hashing. `None` when the body was empty.
+    /// Without `room` for another part (`registry.max_upload_parts`, at most S3's 10,000), a
+    /// non-empty body is refused with 400 `BLOB_UPLOAD_INVALID` before anything is stored; the
+    /// session stays as it was, so the client may still finish it.
     async fn write_part<B, E>(
         &self,
-        row: &UploadRow,
+        row: &Cursor<'_>,
+        room: bool,
         expected: Option<u64>,
         mut body: B,
     ) -> Result<Option<(UploadPart, Hasher)>>
@@ -264,7 +350,7 @@ impl Registry {
         B: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let mut hasher = restore_hasher(row)?;
+        let mut hasher = restore_state(row.id, row.hash_state)?;
         let mut first = None;
         // Skip leading empty frames so an empty body creates no object.
         while let Some(frame) = body.next().await {
@@ -282,7 +368,14 @@ impl Registry {
             }
             return Ok(None);
         };
-        let key = Storage::part_key(&row.id, row.offset);
+        if !room {
+            return Err(Error::UploadInvalid(format!(
+                "an upload session holds at most {} chunks; send larger chunks, or finish this \
+                 upload with a PUT without a body",
+                self.settings.max_upload_parts
+            )));
+        }
+        let key = Storage::part_key(row.id, row.offset);
         let mut writer = self.storage.writer(&key).await?;
         let mut size = 0u64;
         let mut next = Some(Ok(first));
@@ -329,7 +422,7 @@ impl Registry {
     async fn record_part(
         &self,
         repo: &RepoName,
-        row: &UploadRow,
+        row: &Cursor<'_>,
         part: UploadPart,
         hasher: &Hasher,
     ) -> Result<u64> {
@@ -338,13 +431,13 @@ impl Registry {
         })?;
         if self
             .meta
-            .advance_upload(&row.id, row.offset, &part, &hasher.save())
+            .advance_upload(row.id, row.offset, &part, &hasher.save())
             .await?
         {
             Ok(new_offset)
         } else {
             self.storage.delete(&part.storage_key).await?;
-            match self.meta.upload(repo, &row.id).await? {
+            match self.meta.upload_progress(repo, row.id).await? {
                 Some(now) => Err(Error::RangeNotSatisfiable { offset: now.offset }),
                 None => Err(Error::UploadUnknown),
             }
@@ -358,14 +451,13 @@ impl Registry {
         hasher: Hasher,
         digest: &Digest,
     ) -> Result<BlobRow> {
-        if digest.algorithm() != algorithm_of(&hasher) {
-            return Err(Error::DigestInvalid(format!(
-                "this upload was hashed with {}; a {} digest cannot be verified",
-                algorithm_of(&hasher).as_str(),
-                digest.algorithm().as_str()
-            )));
-        }
-        let computed = hasher.finish();
+        let computed = if digest.algorithm() == algorithm_of(&hasher) {
+            hasher.finish()
+        } else {
+            // The client never declared this algorithm: verify by reading the stored parts again
+            // (streamed). Only such uploads pay for the second pass; declared ones hash once.
+            self.rehash_parts(&row, digest.algorithm()).await?
+        };
         if &computed != digest {
             // The data goes with the session (queued in its transaction): a mismatched upload
             // leaves nothing behind.
@@ -433,6 +525,18 @@ impl Registry {
         }
     }
 
+    /// Hashes the stored parts of `row` in order with `alg`, streaming them from storage.
+    async fn rehash_parts(&self, row: &UploadRow, alg: DigestAlgorithm) -> Result<Digest> {
+        let mut hasher = Hasher::new(alg);
+        for part in &row.parts {
+            let mut body = self.storage.read(&part.storage_key, None).await?;
+            while let Some(chunk) = body.next().await {
+                hasher.update(&chunk.map_err(|e| Error::Internal(e.into()))?);
+            }
+        }
+        Ok(hasher.finish())
+    }
+
     /// Produces the single object holding the whole blob: the only part as is, or the parts
     /// joined in order into a new object of this finish's own (by the backend: in the kernel on `fs`, streamed through
     /// the node elsewhere, never buffered whole).
@@ -450,12 +554,22 @@ impl Registry {
 }
 
 fn restore_hasher(row: &UploadRow) -> Result<Hasher> {
-    Hasher::restore(&row.hash_state).ok_or_else(|| {
-        Error::Internal(anyhow::anyhow!(
-            "upload {} has an unreadable hash state",
-            row.id
-        ))
-    })
+    restore_state(&row.id, &row.hash_state)
+}
+
+fn restore_state(id: &str, state: &[u8]) -> Result<Hasher> {
+    Hasher::restore(state)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("upload {id} has an unreadable hash state")))
+}
+
+/// Whose sessions an upload counts against: the user behind the credentials (a token's subject
+/// or a user's name). `None` for callers without a name, who cannot push anyway.
+fn upload_owner(principal: &Principal) -> Option<&str> {
+    match principal {
+        Principal::Anonymous => None,
+        Principal::Token { identity, .. } => identity.as_ref().map(|i| i.username.as_str()),
+        Principal::User(identity) => Some(identity.username.as_str()),
+    }
 }
 
 fn algorithm_of(h: &Hasher) -> DigestAlgorithm {

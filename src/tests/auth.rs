@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::support::{ADMIN_PASSWORD, assert_error, blob, header, node, send};
 
 /// Parses `key="value"` pairs of a `WWW-Authenticate: Bearer …` header.
-fn challenge_params(value: &str) -> Vec<(String, String)> {
+pub(crate) fn challenge_params(value: &str) -> Vec<(String, String)> {
     let rest = value.strip_prefix("Bearer ").expect("a Bearer challenge");
     let mut out = Vec::new();
     let mut s = rest;
@@ -22,7 +22,7 @@ fn challenge_params(value: &str) -> Vec<(String, String)> {
     out
 }
 
-fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == key)
@@ -30,7 +30,7 @@ fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// Fetches a token the way docker does: GET realm?service=&scope= with optional Basic auth.
-async fn fetch_token(
+pub(crate) async fn fetch_token(
     realm: &str,
     service: &str,
     scope: &str,

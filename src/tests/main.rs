@@ -19,6 +19,7 @@ mod manifests;
 mod mgmt;
 mod multinode;
 mod process;
+mod protocol;
 mod robustness;
 mod s3;
 mod support;

@@ -37,6 +37,25 @@ fn parse_range(headers: &HeaderMap) -> Result<Option<ByteRange>, ()> {
     }
 }
 
+/// Whether `If-None-Match` names this blob: its entity tag (`"<digest>"`, weak or not), the bare
+/// digest (some clients leave the quotes off), or `*`. A blob's content never changes, so a match
+/// is always a 304.
+fn if_none_match(headers: &HeaderMap, digest: &crate::oci::Digest) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| {
+            let tag = tag.trim();
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag.strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(tag)
+        })
+        .any(|tag| tag == "*" || tag == digest.as_str())
+}
+
 /// end-2: `GET|HEAD /v2/<name>/blobs/<digest>`
 pub(super) async fn get_blob(
     reg: &Registry,
@@ -47,6 +66,22 @@ pub(super) async fn get_blob(
 ) -> HandlerResult {
     let digest = parse_digest(digest)?;
     let etag = format!("\"{digest}\"");
+    if if_none_match(headers, &digest) {
+        // Only a blob this repository holds is "not modified"; anything else answers as usual.
+        reg.stat_blob(repo, &digest).await?;
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, hv(&etag)),
+                (header::CACHE_CONTROL, hv("max-age=31536000")),
+                (
+                    header::HeaderName::from_static("docker-content-digest"),
+                    hv(digest.as_str()),
+                ),
+            ],
+        )
+            .into_response());
+    }
     if head {
         let blob = reg.stat_blob(repo, &digest).await?;
         return Ok((
@@ -131,6 +166,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, hv(v));
         parse_range(&h)
+    }
+
+    #[test]
+    fn matches_if_none_match() {
+        let d = crate::oci::Digest::sha256(b"x");
+        let check = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, hv(v));
+            if_none_match(&h, &d)
+        };
+        assert!(check(&format!("\"{d}\"")));
+        assert!(check(d.as_str()));
+        assert!(check(&format!("W/\"{d}\"")));
+        assert!(check(&format!("\"sha256:other\", \"{d}\"")));
+        assert!(check("*"));
+        assert!(!check("\"sha256:other\""));
+        assert!(!check(""));
+        assert!(!if_none_match(&HeaderMap::new(), &d));
     }
 
     #[test]

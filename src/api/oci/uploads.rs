@@ -4,7 +4,7 @@ use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{BlobBody, HandlerResult, OciError, Query, content_length, hv, parse_digest};
-use crate::oci::RepoName;
+use crate::oci::{DigestAlgorithm, RepoName};
 use crate::service::{ChunkRange, Principal, Registry, UploadStatus};
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -44,7 +44,10 @@ fn created_blob(repo: &RepoName, digest: &str) -> Response {
         .into_response()
 }
 
-/// end-4a / end-4b / end-11: `POST /v2/<name>/blobs/uploads/[?digest=|?mount=&from=]`
+/// end-4a / end-4b / end-11 / end-4c: `POST /v2/<name>/blobs/uploads/[?digest=|?mount=&from=|?digest-algorithm=]`
+///
+/// `digest-algorithm` (sha256 or sha512) chooses the hash of a chunked session; an unknown one is
+/// 400 `DIGEST_INVALID`.
 pub(super) async fn start_upload(
     reg: &Registry,
     principal: &Principal,
@@ -64,11 +67,23 @@ pub(super) async fn start_upload(
     } else if let Some(digest) = query.get("digest") {
         let digest = parse_digest(digest)?;
         let blob = reg
-            .upload_blob(repo, &digest, content_length(headers), body.into_stream())
+            .upload_blob(
+                principal,
+                repo,
+                &digest,
+                content_length(headers),
+                body.into_stream(),
+            )
             .await?;
         return Ok(created_blob(repo, blob.digest.as_str()));
     }
-    let up = reg.start_upload(repo).await?;
+    let alg = match query.get("digest-algorithm") {
+        None => DigestAlgorithm::Sha256,
+        Some(name) => DigestAlgorithm::from_name(name).ok_or_else(|| {
+            OciError::digest_invalid(format!("unsupported digest algorithm {name:?}"))
+        })?,
+    };
+    let up = reg.start_upload(principal, repo, alg).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, &up))
 }
 
