@@ -21,6 +21,8 @@ mod caching;
 mod listing;
 mod manifests;
 mod tenancy;
+#[cfg(test)]
+mod testing;
 mod throttle;
 mod uploads;
 mod work;
@@ -260,6 +262,21 @@ impl Registry {
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         Ok(())
+    }
+
+    /// Runs a write and the consequences of its commit (cache invalidations, bus messages) as a
+    /// task of its own, awaited here: a request dropped meanwhile (a timeout, a client gone)
+    /// drops only its wait, never the invalidation after a commit. Every write followed by cache
+    /// work goes through here; the write gets a clone of the registry (cheap) so it owns what it
+    /// uses.
+    pub(crate) async fn detached<T, Fut>(&self, write: impl FnOnce(Registry) -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(write(self.clone()))
+            .await
+            .map_err(|e| Error::Internal(e.into()))?
     }
 
     fn ensure_delete_enabled(&self) -> Result<()> {

@@ -4,10 +4,21 @@
 //! A [`Caches`] hub is built once per process from `CacheConfig`; each [`Tiered`] cache registers
 //! with it so that invalidations arriving on the bus (or a bus reconnect) reach every local tier.
 //! Redis is optional: without `cache.redis_url` the hub is moka only (embedded mode).
+//!
+//! Invariant: no resurrection. A loader that read before a write committed never makes its value
+//! servable after that write's invalidation:
+//! - in moka, every entry carries the generations (per key stripe, and per cache) in force
+//!   before its value was read; an invalidation moves them on, and an entry older than the
+//!   caller's start is a miss;
+//! - in Redis, an invalidation increments a generation key next to the value (and a per-cache
+//!   one for prefix invalidations) in the same transaction that deletes the value, and a loader
+//!   writes its value with a script that stores it only if the generations it read before
+//!   loading are unchanged.
 
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -208,13 +219,26 @@ impl Hub {
         format!("{}:{cache}:{key}", self.prefix)
     }
 
+    /// The generation of one key in Redis; `~` keeps it out of the value keys' namespace (and
+    /// out of prefix patterns).
+    fn redis_gen_key(&self, cache: &str, key: &str) -> String {
+        format!("{}:{cache}~gen:{key}", self.prefix)
+    }
+
+    /// The generation of a whole cache in Redis, moved on by prefix invalidations.
+    fn redis_cache_gen_key(&self, cache: &str) -> String {
+        format!("{}:{cache}~gen", self.prefix)
+    }
+
     /// Deletes the shared entries whose key starts with `prefix` (SCAN, so only for rare
-    /// events such as a repository's deletion) and tells every node to drop that cache.
+    /// events such as a repository's deletion) and tells every node to drop that cache. The
+    /// cache's generation moves on first, so no load under way can store an entry afterwards.
     async fn announce_prefix(&self, cache: &'static str, prefix: &str) {
         let Some(redis) = &self.redis else {
             return;
         };
         let pattern = format!("{}*", self.redis_key(cache, prefix));
+        let generation = self.redis_cache_gen_key(cache);
         let payload = serde_json::to_vec(&Invalidation {
             c: cache.to_owned(),
             k: None,
@@ -223,6 +247,7 @@ impl Hub {
         let channel = self.channel.clone();
         let sent = redis
             .run("invalidate_prefix", |mut c| async move {
+                c.incr::<_, _, ()>(generation, 1).await?;
                 let mut cursor = 0u64;
                 loop {
                     let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -253,8 +278,14 @@ impl Hub {
         }
     }
 
-    /// Deletes the shared entries (when the cache has a Redis tier) and tells every node.
-    async fn announce(&self, cache: &'static str, keys: Option<&[String]>, shared: bool) {
+    /// Deletes the shared entries (when the cache has a Redis tier; `gen_ttl` is how long their
+    /// generation keys live) and tells every node, in one transaction.
+    async fn announce(
+        &self,
+        cache: &'static str,
+        keys: Option<&[String]>,
+        shared: Option<Duration>,
+    ) {
         let Some(redis) = &self.redis else {
             return;
         };
@@ -265,18 +296,20 @@ impl Hub {
             Ok(p) => p,
             Err(_) => return,
         };
-        let del: Vec<String> = match keys {
-            Some(keys) if shared => keys.iter().map(|k| self.redis_key(cache, k)).collect(),
-            _ => Vec::new(),
-        };
-        let channel = self.channel.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let (Some(keys), Some(gen_ttl)) = (keys, shared) {
+            let ms = i64::try_from(gen_ttl.as_millis()).unwrap_or(i64::MAX);
+            for k in keys {
+                let generation = self.redis_gen_key(cache, k);
+                pipe.incr(&generation, 1).ignore();
+                pipe.pexpire(&generation, ms).ignore();
+                pipe.del(self.redis_key(cache, k)).ignore();
+            }
+        }
+        pipe.publish(&self.channel, payload).ignore();
         let sent = redis
             .run("invalidate", |mut c| async move {
-                let mut pipe = redis::pipe();
-                if !del.is_empty() {
-                    pipe.del(del).ignore();
-                }
-                pipe.publish(channel, payload).ignore();
                 pipe.query_async::<()>(&mut c).await
             })
             .await;
@@ -375,9 +408,12 @@ impl Caches {
         let inner = Arc::new(TieredInner {
             name,
             local,
+            generations: Generations::new(),
             hub: self.hub.clone(),
             ttl,
             shared: shared && self.hub.redis.is_some(),
+            #[cfg(test)]
+            after_load: super::pause::Pause::default(),
         });
         if let Ok(mut locals) = self.hub.locals.write() {
             locals.push(inner.clone());
@@ -427,7 +463,13 @@ impl Caches {
                 l.drop_all();
             }
         }
-        self.hub.announce(name, None, false).await;
+        self.hub.announce(name, None, None).await;
+    }
+
+    /// Whether the invalidation subscription is live (tests wait for it before racing nodes).
+    #[cfg(test)]
+    pub(crate) fn bus_connected(&self) -> bool {
+        self.hub.subscribed.load(Ordering::Acquire)
     }
 }
 
@@ -462,10 +504,73 @@ async fn subscribe(hub: Arc<Hub>, client: redis::Client) {
     }
 }
 
+/// Generations of one cache on this node: one per stripe of keys (by hash) and one for the whole
+/// cache. They only grow, so "nothing was invalidated since" is "no generation moved".
+struct Generations {
+    all: AtomicU64,
+    stripes: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+/// Stripes per cache: two keys share one with probability 1/4096, which only costs a reload.
+const STRIPES: usize = 4096;
+
+/// The generations in force when a value was read (or a caller started).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    all: u64,
+    stripe: u64,
+}
+
+impl Generations {
+    fn new() -> Self {
+        Self {
+            all: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        let i = usize::try_from(self.hasher.hash_one(key) % STRIPES as u64).unwrap_or(0);
+        &self.stripes[i]
+    }
+
+    fn stamp(&self, key: &str) -> Stamp {
+        Stamp {
+            all: self.all.load(Ordering::SeqCst),
+            stripe: self.stripe(key).load(Ordering::SeqCst),
+        }
+    }
+
+    fn bump(&self, keys: &[String]) {
+        for k in keys {
+            self.stripe(k).fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Clone)]
 struct Slot<V> {
     value: V,
     ttl: Duration,
+    /// The generations in force before the value was read.
+    stamp: Stamp,
+    /// False when Redis refused the value as older than an invalidation: then it is returned to
+    /// the caller that loaded it, and to nobody else.
+    current: bool,
+}
+
+impl<V> Slot<V> {
+    /// Whether a caller that started at `start` may be served this entry: the value was read
+    /// after every invalidation that caller could have seen.
+    fn serves(&self, start: Stamp) -> bool {
+        self.current && self.stamp.all >= start.all && self.stamp.stripe >= start.stripe
+    }
 }
 
 struct SlotExpiry;
@@ -484,9 +589,13 @@ impl<V> Expiry<String, Slot<V>> for SlotExpiry {
 struct TieredInner<V> {
     name: &'static str,
     local: Cache<String, Slot<V>>,
+    generations: Generations,
     hub: Arc<Hub>,
     ttl: Duration,
     shared: bool,
+    /// Holds a loader between its read and its insert (tests only).
+    #[cfg(test)]
+    after_load: super::pause::Pause,
 }
 
 impl<V> Local for TieredInner<V>
@@ -498,6 +607,7 @@ where
     }
 
     fn drop_keys<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, ()> {
+        self.generations.bump(keys);
         Box::pin(async move {
             for k in keys {
                 self.local.invalidate(k).await;
@@ -506,6 +616,7 @@ where
     }
 
     fn drop_all(&self) {
+        self.generations.bump_all();
         self.local.invalidate_all();
     }
 }
@@ -514,6 +625,26 @@ enum Miss<E> {
     Absent,
     Failed(E),
 }
+
+/// What a loader read from Redis before loading: the value, if any, with its remaining lifetime,
+/// and the generations a value it stores must still find.
+struct SharedRead<V> {
+    value: Option<V>,
+    remaining: Option<Duration>,
+    key_gen: Option<String>,
+    cache_gen: Option<String>,
+}
+
+/// Stores a value only if neither its key's generation nor its cache's moved since the loader
+/// read them (an absent generation counts as "0").
+const SET_IF_CURRENT: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[1]
+    and (redis.call('GET', KEYS[3]) or '0') == ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+    return 1
+end
+return 0
+";
 
 /// One cache: moka in front of (optionally) Redis in front of a loader.
 pub struct Tiered<V> {
@@ -552,6 +683,12 @@ where
         }
     }
 
+    /// How long a generation key outlives its last invalidation in Redis: far longer than any
+    /// load can take, and than the values it guards live.
+    fn gen_ttl(&self) -> Duration {
+        (self.inner.ttl * 2).max(Duration::from_secs(600))
+    }
+
     fn count(&self, tier: &'static str, result: &'static str) {
         metrics::counter!(
             "aerugo_cache_requests_total",
@@ -564,6 +701,9 @@ where
 
     /// The value of `key`: from moka, else Redis, else `load` (whose `None` is not cached).
     /// Concurrent misses of one key on this node run `load` once and share its result.
+    ///
+    /// Never returns a value read before an invalidation of `key` that finished before this
+    /// call started, nor lets such a value be served later (see the module's invariant).
     pub async fn get_or_load<E, Fut>(
         &self,
         key: &str,
@@ -573,91 +713,186 @@ where
         Fut: Future<Output = Result<Option<V>, E>>,
         E: Display + From<SharedFailure> + Send + Sync + 'static,
     {
+        let start = self.inner.generations.stamp(key);
         if let Some(slot) = self.inner.local.get(key).await {
-            self.count("local", "hit");
-            return Ok(Some(slot.value));
+            if slot.serves(start) {
+                self.count("local", "hit");
+                return Ok(Some(slot.value));
+            }
+            // Read before an invalidation that has happened since: drop it and load again.
+            self.inner.local.invalidate(key).await;
         }
         self.count("local", "miss");
-        let init = async {
-            if self.inner.shared {
-                if let Some(v) = self.redis_get(key).await {
-                    self.count("redis", "hit");
-                    return Ok(Slot {
-                        value: v,
-                        ttl: self.ttl(),
-                    });
+        let mut load = Some(load);
+        for _ in 0..2 {
+            let mut ran = false;
+            let init = self.fill(key, &mut load, &mut ran);
+            match self.inner.local.try_get_with(key.to_owned(), init).await {
+                // Our own load started after `start`; another caller's may have started
+                // before an invalidation we must see, and then we load again.
+                Ok(slot) if ran || slot.serves(start) => return Ok(Some(slot.value)),
+                Ok(_) => self.inner.local.invalidate(key).await,
+                Err(shared) => {
+                    return match Arc::try_unwrap(shared) {
+                        Ok(Miss::Absent) => Ok(None),
+                        Ok(Miss::Failed(e)) => Err(e),
+                        Err(shared) => match &*shared {
+                            Miss::Absent => Ok(None),
+                            Miss::Failed(e) => Err(E::from(SharedFailure(e.to_string()))),
+                        },
+                    };
                 }
-                self.count("redis", "miss");
             }
-            match load().await {
-                Ok(Some(v)) => {
-                    if self.inner.shared {
-                        self.redis_set(key, &v).await;
-                    }
-                    Ok(Slot {
-                        value: v,
-                        ttl: self.ttl(),
-                    })
-                }
-                Ok(None) => Err(Miss::Absent),
-                Err(e) => Err(Miss::Failed(e)),
-            }
-        };
-        match self.inner.local.try_get_with(key.to_owned(), init).await {
-            Ok(slot) => Ok(Some(slot.value)),
-            Err(shared) => match Arc::try_unwrap(shared) {
-                Ok(Miss::Absent) => Ok(None),
-                Ok(Miss::Failed(e)) => Err(e),
-                Err(shared) => match &*shared {
-                    Miss::Absent => Ok(None),
-                    Miss::Failed(e) => Err(E::from(SharedFailure(e.to_string()))),
-                },
-            },
+        }
+        // Twice in a row we met a load that started before an invalidation (constant churn on
+        // this key): load on our own, without caching.
+        match load.take() {
+            Some(load) => load().await,
+            None => Err(E::from(SharedFailure("cache load did not run".into()))),
         }
     }
 
-    async fn redis_get(&self, key: &str) -> Option<V> {
-        let redis = self.inner.hub.redis.as_ref()?;
-        let k = self.inner.hub.redis_key(self.inner.name, key);
-        let raw: Vec<u8> = redis
-            .run("get", |mut c| async move {
-                c.get::<_, Option<Vec<u8>>>(k).await
-            })
-            .await??;
-        match serde_json::from_slice(&raw) {
-            Ok(v) => Some(v),
-            Err(_) => {
+    /// The loader behind [`Tiered::get_or_load`]: takes the generations, then reads Redis, then
+    /// the caller's `load`; sets `ran` so that its caller knows the result is its own.
+    async fn fill<E, Fut>(
+        &self,
+        key: &str,
+        load: &mut Option<impl FnOnce() -> Fut>,
+        ran: &mut bool,
+    ) -> Result<Slot<V>, Miss<E>>
+    where
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        *ran = true;
+        let stamp = self.inner.generations.stamp(key);
+        let shared = if self.inner.shared {
+            self.redis_read(key).await
+        } else {
+            None
+        };
+        if let Some(read) = &shared
+            && let Some(value) = read.value.clone()
+        {
+            self.count("redis", "hit");
+            // A lost invalidation leaves this entry stale for at most its Redis TTL, not that
+            // plus a full local TTL.
+            let ttl = read.remaining.map_or(self.ttl(), |r| r.min(self.ttl()));
+            return Ok(Slot {
+                value,
+                ttl,
+                stamp,
+                current: true,
+            });
+        }
+        if self.inner.shared {
+            self.count("redis", "miss");
+        }
+        let Some(load) = load.take() else {
+            return Err(Miss::Absent);
+        };
+        match load().await {
+            Ok(Some(v)) => {
+                #[cfg(test)]
+                self.inner.after_load.point().await;
+                let current = match &shared {
+                    Some(read) => self.redis_set(key, &v, read).await,
+                    None => true,
+                };
+                Ok(Slot {
+                    value: v,
+                    ttl: self.ttl(),
+                    stamp,
+                    current,
+                })
+            }
+            Ok(None) => Err(Miss::Absent),
+            Err(e) => Err(Miss::Failed(e)),
+        }
+    }
+
+    /// The value, its remaining lifetime and the generations, in one round trip; `None` when
+    /// Redis did not answer (then nothing is written to it either).
+    async fn redis_read(&self, key: &str) -> Option<SharedRead<V>> {
+        let hub = &self.inner.hub;
+        let redis = hub.redis.as_ref()?;
+        let value_key = hub.redis_key(self.inner.name, key);
+        let mut pipe = redis::pipe();
+        pipe.get(&value_key)
+            .pttl(&value_key)
+            .get(hub.redis_gen_key(self.inner.name, key))
+            .get(hub.redis_cache_gen_key(self.inner.name));
+        let (raw, pttl, key_gen, cache_gen): (
+            Option<Vec<u8>>,
+            i64,
+            Option<String>,
+            Option<String>,
+        ) = redis
+            .run("get", |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        let value = match raw.map(|raw| serde_json::from_slice(&raw)) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
                 metrics::counter!("aerugo_cache_redis_errors_total", "op" => "decode").increment(1);
                 None
             }
-        }
+        };
+        Some(SharedRead {
+            value,
+            remaining: u64::try_from(pttl)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            key_gen,
+            cache_gen,
+        })
     }
 
-    async fn redis_set(&self, key: &str, value: &V) {
-        let Some(redis) = self.inner.hub.redis.as_ref() else {
-            return;
+    /// Stores `value` in Redis unless an invalidation came after `read`; false when Redis
+    /// refused it as stale (true when stored or when Redis did not answer).
+    async fn redis_set(&self, key: &str, value: &V, read: &SharedRead<V>) -> bool {
+        let hub = &self.inner.hub;
+        let Some(redis) = hub.redis.as_ref() else {
+            return true;
         };
         let Ok(raw) = serde_json::to_vec(value) else {
-            return;
+            return true;
         };
-        let k = self.inner.hub.redis_key(self.inner.name, key);
-        let secs = self.inner.ttl.as_secs().max(1);
-        redis
+        // EVAL with the script's text (a few hundred bytes), only on the miss path, after a
+        // database load: no script cache to manage across Redis restarts.
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(SET_IF_CURRENT)
+            .arg(3)
+            .arg(hub.redis_key(self.inner.name, key))
+            .arg(hub.redis_gen_key(self.inner.name, key))
+            .arg(hub.redis_cache_gen_key(self.inner.name))
+            .arg(read.key_gen.as_deref().unwrap_or("0"))
+            .arg(read.cache_gen.as_deref().unwrap_or("0"))
+            .arg(raw)
+            .arg(
+                u64::try_from(self.inner.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
+        let stored = redis
             .run("set", |mut c| async move {
-                c.set_ex::<_, _, ()>(k, raw, secs).await
+                eval.query_async::<i64>(&mut c).await
             })
             .await;
+        stored != Some(0)
     }
 
     /// Drops `keys` here, in Redis and (through the bus) on every node. Call after the write
-    /// that changed them has committed.
+    /// that changed them has committed: a load that read before is never served afterwards.
     pub async fn invalidate(&self, keys: &[String]) {
+        self.inner.generations.bump(keys);
         for k in keys {
             self.inner.local.invalidate(k).await;
         }
+        let shared = self.inner.shared.then(|| self.gen_ttl());
         self.inner
             .hub
-            .announce(self.inner.name, Some(keys), self.inner.shared)
+            .announce(self.inner.name, Some(keys), shared)
             .await;
     }
 
@@ -665,6 +900,7 @@ where
     /// here and on every node (the local tiers cannot enumerate keys cheaply; this is for rare
     /// events).
     pub async fn invalidate_prefix(&self, prefix: &str) {
+        self.inner.generations.bump_all();
         self.inner.local.invalidate_all();
         if self.inner.shared {
             self.inner
@@ -672,15 +908,22 @@ where
                 .announce_prefix(self.inner.name, prefix)
                 .await;
         } else {
-            self.inner.hub.announce(self.inner.name, None, false).await;
+            self.inner.hub.announce(self.inner.name, None, None).await;
         }
     }
 
     /// Drops every entry here and on every node (for caches without a Redis tier, whose keys
     /// a change cannot enumerate).
     pub async fn invalidate_all(&self) {
+        self.inner.generations.bump_all();
         self.inner.local.invalidate_all();
-        self.inner.hub.announce(self.inner.name, None, false).await;
+        self.inner.hub.announce(self.inner.name, None, None).await;
+    }
+
+    /// The point between a loader's read and its insert, for tests that race it.
+    #[cfg(test)]
+    pub(crate) fn after_load(&self) -> &super::pause::Pause {
+        &self.inner.after_load
     }
 }
 

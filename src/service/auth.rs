@@ -213,6 +213,9 @@ impl Registry {
             h.update(secret_or_password.as_bytes());
             h.finalize().into()
         };
+        // Taken before the check reads anything: a password change or key revocation that
+        // clears the cache meanwhile makes this result unservable to anyone else.
+        let read_at = self.logins.generation();
         if let Some(identity) = self.logins.get(&cache_key) {
             return Ok(identity);
         }
@@ -225,7 +228,9 @@ impl Registry {
         let identity = self
             .login_uncached(username, secret_or_password, client)
             .await?;
-        self.logins.insert(cache_key, identity.clone());
+        #[cfg(test)]
+        self.caches.login_checked.point().await;
+        self.logins.insert(cache_key, identity.clone(), read_at);
         Ok(identity)
     }
 
@@ -527,6 +532,7 @@ impl Registry {
             use sha2::Digest as _;
             sha2::Sha256::digest(token.as_bytes()).into()
         };
+        let read_at = self.verified_tokens.generation();
         if let Some(claims) = self.verified_tokens.get(&key)
             && claims.exp > now_secs()
         {
@@ -537,7 +543,7 @@ impl Registry {
             .keys
             .verify(token, &t.issuer, &t.service)
             .map_err(|_| Error::Unauthorized)?;
-        self.verified_tokens.insert(key, claims.clone());
+        self.verified_tokens.insert(key, claims.clone(), read_at);
         Ok(claims)
     }
 

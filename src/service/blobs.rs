@@ -79,18 +79,21 @@ impl Registry {
     /// committed manifest never points at a blob its repository cannot serve.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.ensure_delete_enabled()?;
-        match self.meta.unlink_blob(repo, digest).await? {
-            Delete::Deleted => {
-                let key = RegistryCaches::object_key(repo, digest);
-                self.caches.blobs.invalidate(&[key]).await;
-                Ok(())
+        let (repo, digest) = (repo.clone(), digest.clone());
+        self.detached(move |r| async move {
+            match r.meta.unlink_blob(&repo, &digest).await? {
+                Delete::Deleted => {
+                    r.caches.blob_unlinked(&repo, &digest).await;
+                    Ok(())
+                }
+                Delete::NotFound => Err(Error::BlobUnknown(digest.clone())),
+                Delete::Referenced(by) => Err(Error::Conflict(format!(
+                    "blob is referenced by manifest {}; delete the manifest first",
+                    by.first().map(Digest::as_str).unwrap_or_default()
+                ))),
             }
-            Delete::NotFound => Err(Error::BlobUnknown(digest.clone())),
-            Delete::Referenced(by) => Err(Error::Conflict(format!(
-                "blob is referenced by manifest {}; delete the manifest first",
-                by.first().map(Digest::as_str).unwrap_or_default()
-            ))),
-        }
+        })
+        .await
     }
 }
 

@@ -65,13 +65,22 @@ impl Registry {
             children: parsed.children.into_iter().map(|d| d.digest).collect(),
             tag,
         };
-        match self.meta.put_manifest(repo, &new).await? {
-            PutManifest::Stored => {
-                self.init_visibility(repo).await?;
-                if let Reference::Tag(t) = reference {
-                    let key = RegistryCaches::tag_key(repo, t);
-                    self.caches.tags.invalidate(&[key]).await;
+        let (owned, tag) = (repo.clone(), new.tag.clone());
+        let stored = self
+            .detached(move |r| async move {
+                let repo = owned;
+                let outcome = r.meta.put_manifest(&repo, &new).await?;
+                if let PutManifest::Stored = outcome {
+                    if let Some(tag) = &tag {
+                        r.caches.tag_changed(&repo, tag).await;
+                    }
+                    r.init_visibility(&repo).await?;
                 }
+                Ok(outcome)
+            })
+            .await?;
+        match stored {
+            PutManifest::Stored => {
                 tracing::info!(repo.name = %repo, manifest.digest = %digest, reference = %reference, "manifest stored");
                 Ok(PushedManifest { digest, subject })
             }
@@ -131,30 +140,32 @@ impl Registry {
     /// Deletes a tag, or a manifest (and its tags) by digest.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.ensure_delete_enabled()?;
-        match reference {
-            Reference::Tag(tag) => {
-                if self.meta.delete_tag(repo, tag).await? {
-                    let key = RegistryCaches::tag_key(repo, tag);
-                    self.caches.tags.invalidate(&[key]).await;
-                    Ok(())
-                } else {
-                    Err(Error::ManifestUnknown)
+        let (repo, reference) = (repo.clone(), reference.clone());
+        self.detached(move |r| async move {
+            match &reference {
+                Reference::Tag(tag) => {
+                    if r.meta.delete_tag(&repo, tag).await? {
+                        r.caches.tag_changed(&repo, tag).await;
+                        Ok(())
+                    } else {
+                        Err(Error::ManifestUnknown)
+                    }
                 }
+                Reference::Digest(digest) => match r.meta.delete_manifest(&repo, digest).await? {
+                    Delete::Deleted => {
+                        // Tags that pointed here resolve to a manifest no longer held: unknown.
+                        r.caches.manifest_deleted(&repo, digest).await;
+                        Ok(())
+                    }
+                    Delete::NotFound => Err(Error::ManifestUnknown),
+                    Delete::Referenced(by) => Err(Error::Conflict(format!(
+                        "manifest is referenced by index {}; delete the index first",
+                        by.first().map(Digest::as_str).unwrap_or_default()
+                    ))),
+                },
             }
-            Reference::Digest(digest) => match self.meta.delete_manifest(repo, digest).await? {
-                Delete::Deleted => {
-                    // Tags that pointed here resolve to a manifest no longer held: unknown.
-                    let key = RegistryCaches::object_key(repo, digest);
-                    self.caches.manifests.invalidate(&[key]).await;
-                    Ok(())
-                }
-                Delete::NotFound => Err(Error::ManifestUnknown),
-                Delete::Referenced(by) => Err(Error::Conflict(format!(
-                    "manifest is referenced by index {}; delete the index first",
-                    by.first().map(Digest::as_str).unwrap_or_default()
-                ))),
-            },
-        }
+        })
+        .await
     }
 
     /// The referrers index of `subject`: manifests in `repo` whose `subject` is `subject`,

@@ -5,10 +5,14 @@
 //! may not see answers `NameUnknown`/`ManifestUnknown`-style "not found", never a hint that it
 //! exists.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use crate::auth::permission::{OrgRole, Permission};
+use crate::meta;
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, MemberRow, NameConflict, NewUser, OrgRow, RefreshTokenRow,
-    RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, MemberRow, NameConflict, NewUser, OrgRow,
+    RefreshTokenRow, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
 };
 use crate::oci::RepoName;
 
@@ -118,11 +122,23 @@ impl Registry {
         }
     }
 
-    /// Called after every committed change to users, organizations, memberships, teams, grants,
-    /// visibility or API keys: drops the cached Basic-credential checks and authorization facts
-    /// on this node at once and, through the cache bus, on every other node.
-    async fn tenancy_changed(&self) {
-        self.caches.tenancy_changed().await;
+    /// Runs a change to users, organizations, memberships, teams, grants, visibility or API
+    /// keys, then drops the cached Basic-credential checks and authorization facts on this node
+    /// and, through the cache bus, on every other node; both in one detached task
+    /// ([`Registry::detached`]). The caches are dropped after a failed write too, since a write
+    /// can fail after its commit (a lost reply).
+    async fn tenancy_write<T, F, Fut>(&self, write: F) -> Result<T>
+    where
+        F: FnOnce(Arc<dyn IdentityStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = meta::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.detached(move |r| async move {
+            let result = write(r.identity.clone()).await;
+            r.caches.tenancy_changed().await;
+            Ok(result?)
+        })
+        .await
     }
 
     // ---- users ---------------------------------------------------------------------------
@@ -152,19 +168,16 @@ impl Registry {
         valid_account_name(username)?;
         valid_password(password)?;
         let hash = self.hash_password(password).await?;
-        let row = self
-            .identity
-            .create_user(&NewUser {
-                username: username.to_owned(),
-                email: email.to_owned(),
-                password_hash: hash,
-                is_admin,
-                adopt,
-            })
+        let user = NewUser {
+            username: username.to_owned(),
+            email: email.to_owned(),
+            password_hash: hash,
+            is_admin,
+            adopt,
+        };
+        self.tenancy_write(move |id| async move { id.create_user(&user).await })
             .await?
-            .map_err(|c| name_conflict(username, c))?;
-        self.tenancy_changed().await;
-        Ok(row)
+            .map_err(|c| name_conflict(username, c))
     }
 
     /// A user by name: any authenticated caller may look users up.
@@ -217,8 +230,9 @@ impl Registry {
             password_hash,
             is_admin,
         };
-        self.identity.update_user(&target.id, &update).await?;
-        self.tenancy_changed().await;
+        let target_id = target.id.clone();
+        self.tenancy_write(move |id| async move { id.update_user(&target_id, &update).await })
+            .await?;
         self.identity
             .user_by_id(&target.id)
             .await?
@@ -241,16 +255,12 @@ impl Registry {
         }
         valid_password(new)?;
         let hash = self.hash_password(new).await?;
-        self.identity
-            .update_user(
-                &user.id,
-                &UserUpdate {
-                    password_hash: Some(hash),
-                    ..UserUpdate::default()
-                },
-            )
+        let update = UserUpdate {
+            password_hash: Some(hash),
+            ..UserUpdate::default()
+        };
+        self.tenancy_write(move |id| async move { id.update_user(&user.id, &update).await })
             .await?;
-        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -267,11 +277,12 @@ impl Registry {
         if !(caller.is_admin || caller.user_id == target.id) {
             return Err(Error::Denied);
         }
-        match self.identity.delete_user(&target.id).await? {
-            Ok(true) => {
-                self.tenancy_changed().await;
-                Ok(())
-            }
+        let target_id = target.id;
+        match self
+            .tenancy_write(move |id| async move { id.delete_user(&target_id).await })
+            .await?
+        {
+            Ok(true) => Ok(()),
             Ok(false) => Err(Error::NameUnknown),
             Err(reason) => Err(Error::Conflict(reason)),
         }
@@ -327,13 +338,10 @@ impl Registry {
             self.require_admin(caller)?;
         }
         valid_account_name(name)?;
-        let row = self
-            .identity
-            .create_org(name, &caller.user_id, adopt)
+        let (org, owner) = (name.to_owned(), caller.user_id.clone());
+        self.tenancy_write(move |id| async move { id.create_org(&org, &owner, adopt).await })
             .await?
-            .map_err(|c| name_conflict(name, c))?;
-        self.tenancy_changed().await;
-        Ok(row)
+            .map_err(|c| name_conflict(name, c))
     }
 
     /// An organization the caller belongs to (or any, for site admins).
@@ -359,11 +367,11 @@ impl Registry {
         if !(caller.is_admin || role == Some(OrgRole::Owner)) {
             return Err(Error::Denied);
         }
-        match self.identity.delete_org(&org.id).await? {
-            Ok(true) => {
-                self.tenancy_changed().await;
-                Ok(())
-            }
+        match self
+            .tenancy_write(move |id| async move { id.delete_org(&org.id).await })
+            .await?
+        {
+            Ok(true) => Ok(()),
             Ok(false) => Err(Error::NameUnknown),
             Err(reason) => Err(Error::Conflict(reason)),
         }
@@ -405,11 +413,10 @@ impl Registry {
                 "an organization keeps at least one owner".into(),
             ));
         }
-        self.identity
-            .set_org_member(&org.id, &user.id, role.as_str())
-            .await?;
-        self.tenancy_changed().await;
-        Ok(())
+        self.tenancy_write(move |id| async move {
+            id.set_org_member(&org.id, &user.id, role.as_str()).await
+        })
+        .await
     }
 
     /// Removes a member (administrators, or members leaving themselves).
@@ -447,8 +454,8 @@ impl Registry {
                 "an organization keeps at least one owner".into(),
             ));
         }
-        self.identity.remove_org_member(&org.id, &user.id).await?;
-        self.tenancy_changed().await;
+        self.tenancy_write(move |id| async move { id.remove_org_member(&org.id, &user.id).await })
+            .await?;
         Ok(())
     }
 
@@ -481,8 +488,8 @@ impl Registry {
     pub async fn delete_team(&self, caller: &Identity, org: &str, team: &str) -> Result<()> {
         let (org, _) = self.managed_org(caller, org).await?;
         let team = self.team_of(&org, team).await?;
-        self.identity.delete_team(&team.id).await?;
-        self.tenancy_changed().await;
+        self.tenancy_write(move |id| async move { id.delete_team(&team.id).await })
+            .await?;
         Ok(())
     }
 
@@ -519,9 +526,8 @@ impl Registry {
                 "{username} is not a member of the organization"
             )));
         }
-        self.identity.add_team_member(&team.id, &user.id).await?;
-        self.tenancy_changed().await;
-        Ok(())
+        self.tenancy_write(move |id| async move { id.add_team_member(&team.id, &user.id).await })
+            .await
     }
 
     /// Removes a user from a team (org administrators).
@@ -539,8 +545,10 @@ impl Registry {
             .user_by_name(username)
             .await?
             .ok_or(Error::NameUnknown)?;
-        if self.identity.remove_team_member(&team.id, &user.id).await? {
-            self.tenancy_changed().await;
+        if self
+            .tenancy_write(move |id| async move { id.remove_team_member(&team.id, &user.id).await })
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -563,18 +571,16 @@ impl Registry {
                 "teams get permissions on their organization's repositories only",
             ));
         }
+        let repo = repo.to_string();
         if !self
-            .identity
-            .grant(
-                repo.as_str(),
-                &GrantSubject::Team(team.id),
-                permission.as_str(),
-            )
+            .tenancy_write(move |id| async move {
+                id.grant(&repo, &GrantSubject::Team(team.id), permission.as_str())
+                    .await
+            })
             .await?
         {
             return Err(Error::NameUnknown);
         }
-        self.tenancy_changed().await;
         Ok(())
     }
 
@@ -588,12 +594,13 @@ impl Registry {
     ) -> Result<()> {
         let (org_row, _) = self.managed_org(caller, org).await?;
         let team = self.team_of(&org_row, team).await?;
+        let repo = repo.to_string();
         if self
-            .identity
-            .revoke(repo.as_str(), &GrantSubject::Team(team.id))
+            .tenancy_write(
+                move |id| async move { id.revoke(&repo, &GrantSubject::Team(team.id)).await },
+            )
             .await?
         {
-            self.tenancy_changed().await;
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -659,10 +666,9 @@ impl Registry {
     ) -> Result<RepoSummary> {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
-        self.identity
-            .set_visibility(repo.as_str(), visibility)
+        let name = repo.to_string();
+        self.tenancy_write(move |id| async move { id.set_visibility(&name, visibility).await })
             .await?;
-        self.tenancy_changed().await;
         self.identity
             .repository(repo.as_str())
             .await?
@@ -675,11 +681,16 @@ impl Registry {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
         self.ensure_delete_enabled()?;
-        self.meta.delete_repository(repo).await?;
-        self.work_queued();
-        self.tenancy_changed().await;
-        self.caches.repository_deleted(repo).await;
-        Ok(())
+        let repo = repo.clone();
+        self.detached(move |r| async move {
+            let result = r.meta.delete_repository(&repo).await;
+            r.work_queued();
+            r.caches.tenancy_changed().await;
+            r.caches.repository_deleted(&repo).await;
+            result?;
+            Ok(())
+        })
+        .await
     }
 
     /// Grants on a repository (admin permission).
@@ -740,10 +751,11 @@ impl Registry {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
         let subject = self.grant_subject(repo, user, team).await?;
-        self.identity
-            .grant(repo.as_str(), &subject, permission.as_str())
-            .await?;
-        self.tenancy_changed().await;
+        let repo = repo.to_string();
+        self.tenancy_write(move |id| async move {
+            id.grant(&repo, &subject, permission.as_str()).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -758,8 +770,11 @@ impl Registry {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
         let subject = self.grant_subject(repo, user, team).await?;
-        if self.identity.revoke(repo.as_str(), &subject).await? {
-            self.tenancy_changed().await;
+        let repo = repo.to_string();
+        if self
+            .tenancy_write(move |id| async move { id.revoke(&repo, &subject).await })
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -837,12 +852,11 @@ impl Registry {
     /// it (within the facts cache bound).
     pub async fn revoke_refresh_token(&self, caller: &Identity, id: &str) -> Result<()> {
         self.require_interactive(caller)?;
+        let (user, token) = (caller.user_id.clone(), id.to_owned());
         if self
-            .identity
-            .delete_refresh_token(&caller.user_id, id)
+            .tenancy_write(move |ids| async move { ids.delete_refresh_token(&user, &token).await })
             .await?
         {
-            self.tenancy_changed().await;
             Ok(())
         } else {
             Err(Error::NameUnknown)
@@ -852,8 +866,11 @@ impl Registry {
     /// Revokes one of the caller's API keys.
     pub async fn revoke_api_key(&self, caller: &Identity, id: &str) -> Result<()> {
         self.require_interactive(caller)?;
-        if self.identity.revoke_api_key(&caller.user_id, id).await? {
-            self.tenancy_changed().await;
+        let (user, key) = (caller.user_id.clone(), id.to_owned());
+        if self
+            .tenancy_write(move |id| async move { id.revoke_api_key(&user, &key).await })
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::NameUnknown)
