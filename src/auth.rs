@@ -1,5 +1,6 @@
 //! Pure authentication and authorization primitives: password hashing, opaque bearer secrets,
-//! Docker token scopes, ES256 JSON Web Tokens and the repository permission model.
+//! Docker token scopes, ES256 JSON Web Tokens and the access policy (repositories in `permission`,
+//! organizations and accounts in `policy`).
 //!
 //! Invariants:
 //! - No I/O, no async, no database: callers pass bytes (PEM files they read, hashes they loaded)
@@ -13,11 +14,13 @@
 pub mod jwt;
 pub mod password;
 pub mod permission;
+pub mod policy;
 pub mod scope;
 pub mod secret;
 
 pub use jwt::{Claims, KeySet, LEEWAY_SECS, generate_signing_pem};
 pub use permission::{AccessFacts, Action, KeyCap, OrgRole, Permission, effective_permission};
+pub use policy::{AccountAction, AccountFacts, OrgAction, OrgFacts, account_permits, org_permits};
 pub use scope::{AccessEntry, Scope, parse_scopes};
 pub use secret::{NewSecret, SecretKind};
 

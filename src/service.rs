@@ -25,21 +25,24 @@ mod tenancy;
 mod testing;
 mod throttle;
 mod uploads;
+mod views;
 mod work;
 
 pub use crate::meta::changes::DISCARD_TOPIC;
-/// Rows of the identity store the management API renders (into its own view types).
-pub use crate::meta::identity::{
-    ApiKeyRow, GrantRow, MemberRow, OrgRow, RepoSummary, TagSummary, TeamRow, UserRow, Visibility,
-};
+/// Identity-store values the management API renders as they are (they carry no secrets).
+pub use crate::meta::identity::{RepoSummary, TagSummary, Visibility};
 pub use crate::meta::{BuriedItem, TopicStats, WorkItem};
 pub use access::{Action, Identity, KeyRestriction, KeyScope, Principal, RefreshOrigin};
 pub use auth::{IssuedToken, TokenSettings};
 pub use blobs::{BlobRead, ByteRange};
 pub use listing::Page;
 pub use manifests::PushedManifest;
-pub use tenancy::{NewApiKey, RefreshTokenInfo, RepoDetail};
+pub use tenancy::{NewApiKey, RepoDetail};
 pub use uploads::{ChunkRange, UploadStatus};
+pub use views::{
+    ApiKeyInfo, GrantInfo, GrantTo, MemberInfo, OrgInfo, RefreshTokenInfo, TeamInfo,
+    TeamMemberInfo, UserInfo,
+};
 
 /// The domain errors of the registry: a closed set, mapped to HTTP by the API layer.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ mod queue;
 
 use super::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, NameConflict, NamespaceKind, NewUser,
-    RefreshTokenRow, UserRow, UserUpdate, Visibility,
+    RefreshTokenRow, RepoListing, UserRow, UserUpdate, Visibility,
 };
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
@@ -1026,12 +1026,19 @@ async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
     assert_eq!(ids.org_by_name("acme").await.unwrap().unwrap().id, acme.id);
     assert!(ids.org_by_name("owner").await.unwrap().is_none());
 
-    let all = ids.list_orgs(None, None, 10).await.unwrap();
-    assert_eq!(names(&all, |o| &o.name), ["Zeta", "acme"]);
-    let after = ids.list_orgs(None, Some("Zeta"), 10).await.unwrap();
-    assert_eq!(names(&after, |o| &o.name), ["acme"]);
-    let mine = ids.list_orgs(Some(&member.id), None, 10).await.unwrap();
-    assert_eq!(names(&mine, |o| &o.name), ["Zeta"]);
+    let all = ids.list_orgs(&member.id, true, None, 10).await.unwrap();
+    assert_eq!(names(&all, |o| &o.org.name), ["Zeta", "acme"]);
+    assert_eq!(
+        all.iter().map(|o| o.role.as_deref()).collect::<Vec<_>>(),
+        [Some("owner"), None]
+    );
+    let after = ids
+        .list_orgs(&member.id, true, Some("Zeta"), 10)
+        .await
+        .unwrap();
+    assert_eq!(names(&after, |o| &o.org.name), ["acme"]);
+    let mine = ids.list_orgs(&member.id, false, None, 10).await.unwrap();
+    assert_eq!(names(&mine, |o| &o.org.name), ["Zeta"]);
 
     ids.set_org_member(&acme.id, &member.id, "member")
         .await
@@ -1048,11 +1055,13 @@ async fn orgs_teams_and_memberships(ids: &dyn IdentityStore) {
         [("member", "admin"), ("owner", "owner")]
     );
     assert_eq!(
-        ids.list_orgs(Some(&member.id), None, 10)
+        ids.list_orgs(&member.id, false, None, 10)
             .await
             .unwrap()
-            .len(),
-        2
+            .iter()
+            .map(|o| o.role.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("owner"), Some("admin")]
     );
     // The last owner of an organization cannot be deleted.
     let refused = ids.delete_user(&owner.id).await.unwrap();
@@ -1215,12 +1224,77 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
                    after: Option<&'static str>| {
         async move {
             let rows = ids
-                .visible_repositories(user.as_deref(), all, ns, after, 100)
+                .visible_repositories(&RepoListing {
+                    user: user.as_deref(),
+                    all,
+                    namespace: ns,
+                    after,
+                    limit: 100,
+                    ..RepoListing::default()
+                })
                 .await
                 .unwrap();
-            names(&rows, |r| &r.name)
+            names(&rows, |r| &r.summary.name)
         }
     };
+    // Listings read, for each row, exactly the facts a single repository's decision reads.
+    for user in [None, Some(&carol.id), Some(&dave.id)] {
+        let rows = ids
+            .visible_repositories(&RepoListing {
+                user: user.map(String::as_str),
+                all: true,
+                limit: 100,
+                ..RepoListing::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(names(&rows, |r| &r.summary.name), all_repos);
+        for row in rows {
+            let one = ids
+                .repo_facts(&row.summary.name, user.map(String::as_str))
+                .await
+                .unwrap();
+            let listed = row.facts;
+            let what = format!("{} for {user:?}", row.summary.name);
+            assert!(listed.exists && one.exists, "{what}");
+            assert_eq!(listed.public, one.public, "{what}");
+            assert_eq!(listed.owns_namespace, one.owns_namespace, "{what}");
+            assert_eq!(listed.org_role, one.org_role, "{what}");
+            assert_eq!(listed.user_grant, one.user_grant, "{what}");
+            let rank = |p: &String| ["read", "write", "admin"].iter().position(|q| q == p);
+            let highest = one.team_grants.iter().max_by_key(|p| rank(p)).cloned();
+            assert_eq!(listed.team_grants, Vec::from_iter(highest), "{what}");
+        }
+    }
+    // An API key's scope narrows the private candidates; public repositories stay.
+    let keyed = |ns: Option<&'static str>, repo: Option<&'static str>| {
+        let carol = carol.id.clone();
+        async move {
+            let rows = ids
+                .visible_repositories(&RepoListing {
+                    user: Some(&carol),
+                    key_namespace: ns,
+                    key_repository: repo,
+                    limit: 100,
+                    ..RepoListing::default()
+                })
+                .await
+                .unwrap();
+            names(&rows, |r| &r.summary.name)
+        }
+    };
+    assert_eq!(
+        keyed(Some("corp"), None).await,
+        ["corp/api", "corp/web", "other/thing"]
+    );
+    assert_eq!(
+        keyed(None, Some("carol/app")).await,
+        ["carol/app", "other/thing"]
+    );
+    assert_eq!(
+        keyed(None, Some("corp/web")).await,
+        ["corp/web", "other/thing"]
+    );
     assert_eq!(visible(None, true, None, None).await, all_repos);
     assert_eq!(visible(None, false, None, None).await, ["other/thing"]);
     assert_eq!(
@@ -1241,10 +1315,14 @@ async fn repository_access_facts_and_grants(meta: &dyn MetaStore, ids: &dyn Iden
     );
     assert!(visible(None, true, Some("corp/api"), None).await.is_empty());
     let page = ids
-        .visible_repositories(None, true, None, None, 2)
+        .visible_repositories(&RepoListing {
+            all: true,
+            limit: 2,
+            ..RepoListing::default()
+        })
         .await
         .unwrap();
-    assert_eq!(names(&page, |r| &r.name), ["carol/app", "corp/api"]);
+    assert_eq!(names(&page, |r| &r.summary.name), ["carol/app", "corp/api"]);
 
     assert!(ids.revoke("corp/api", &to_dave).await.unwrap());
     assert!(!ids.revoke("corp/api", &to_dave).await.unwrap());

@@ -153,6 +153,62 @@ pub struct RepoFacts {
     pub team_grants: Vec<String>,
 }
 
+/// A repository listing: which repositories, for whom. The store returns the candidates (every
+/// repository the user could reach, narrowed by an API key's scope) with the user's facts on
+/// each; the service decides on each row with the same function as for a single repository.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RepoListing<'a> {
+    /// The user asking (`None`: anonymous).
+    pub user: Option<&'a str>,
+    /// Every repository is a candidate (the user is a site admin).
+    pub all: bool,
+    /// Only repositories in this namespace.
+    pub namespace: Option<&'a str>,
+    /// Private repositories only in this namespace (an API key's scope); public ones anywhere.
+    pub key_namespace: Option<&'a str>,
+    /// Private repositories only this one (an API key's scope); public ones anywhere.
+    pub key_repository: Option<&'a str>,
+    /// Names after this one.
+    pub after: Option<&'a str>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// A listed repository with the user's facts on it, read by the same query.
+#[derive(Clone, Debug)]
+pub struct ListedRepo {
+    /// The repository.
+    pub summary: RepoSummary,
+    /// The facts [`IdentityStore::repo_facts`] would give for it and the user, except that
+    /// `namespace` is not read (`None`) and `team_grants` holds only the highest team grant.
+    pub facts: RepoFacts,
+}
+
+/// The rank of a stored permission in SQL (`read` 1, `write` 2, `admin` 3, anything else 0),
+/// so a listing can read a user's highest team grant as one `MAX`.
+pub(crate) fn permission_rank_sql(column: &str) -> String {
+    format!("CASE {column} WHEN 'read' THEN 1 WHEN 'write' THEN 2 WHEN 'admin' THEN 3 ELSE 0 END")
+}
+
+/// The stored permission of a rank read through [`permission_rank_sql`] (0 and `NULL`: none).
+pub(crate) fn permission_of_rank(rank: Option<i64>) -> Option<String> {
+    match rank {
+        Some(1) => Some("read".into()),
+        Some(2) => Some("write".into()),
+        Some(3) => Some("admin".into()),
+        _ => None,
+    }
+}
+
+/// An organization as listed, with the listing user's role in it.
+#[derive(Clone, Debug)]
+pub struct ListedOrg {
+    /// The organization.
+    pub org: OrgRow,
+    /// The user's role (`owner`, `admin`, `member`), if a member.
+    pub role: Option<String>,
+}
+
 /// A repository as the management API lists it.
 #[derive(Clone, Debug)]
 pub struct RepoSummary {
@@ -304,13 +360,15 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<std::result::Result<OrgRow, NameConflict>>;
     /// An organization by name.
     async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>>;
-    /// Organizations after `after`; only those `member` belongs to when given.
+    /// Organizations after `after` with `user`'s role in each: only those `user` belongs to,
+    /// or all of them when `all`.
     async fn list_orgs(
         &self,
-        member: Option<&str>,
+        user: &str,
+        all: bool,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<OrgRow>>;
+    ) -> Result<Vec<ListedOrg>>;
     /// Deletes an organization with its teams and memberships (`Ok(false)` when unknown). When it
     /// still holds repositories, its namespace row stays as a tombstone that keeps the name.
     async fn delete_org(&self, id: &str) -> Result<std::result::Result<bool, String>>;
@@ -346,16 +404,10 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
     async fn repository(&self, repo: &str) -> Result<Option<RepoSummary>>;
     /// Tags of a repository with sizes, by name.
     async fn repository_tags(&self, repo: &str) -> Result<Vec<TagSummary>>;
-    /// Repositories after `after` that `user` may see (all when `user` is `None` and `all`),
-    /// optionally only in `namespace`.
-    async fn visible_repositories(
-        &self,
-        user: Option<&str>,
-        all: bool,
-        namespace: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<RepoSummary>>;
+    /// The candidates of a repository listing, by name, with the user's facts on each: public
+    /// repositories, and those the user could reach (all of them when `all`) within the key's
+    /// scope. A superset of what the user may see; the service decides on each row.
+    async fn visible_repositories(&self, q: &RepoListing<'_>) -> Result<Vec<ListedRepo>>;
     /// Grants `permission` on `repo` to `subject` (replacing an earlier grant).
     async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool>;
     /// Revokes a grant; `false` when there was none.

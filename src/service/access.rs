@@ -11,6 +11,7 @@
 //! Invariant: a private repository looks exactly like a missing one to whoever may not read it.
 
 use crate::auth::permission::{AccessFacts, KeyCap, OrgRole, Permission};
+use crate::auth::policy::{AccountAction, AccountFacts, OrgAction, OrgFacts};
 use crate::auth::scope::{AccessEntry, REGISTRY, REPOSITORY, Scope, WILDCARD};
 use crate::oci::RepoName;
 
@@ -28,6 +29,36 @@ pub enum KeyScope {
     Namespace(String),
     /// One repository.
     Repository(String),
+}
+
+impl KeyScope {
+    /// The scope stored as `kind` and `name`, or `None` for a kind this node does not know
+    /// (written by a newer version, or by hand): such a key must fail closed.
+    pub fn from_stored(kind: &str, name: &str) -> Option<KeyScope> {
+        match kind {
+            "all" => Some(KeyScope::All),
+            "namespace" => Some(KeyScope::Namespace(name.to_owned())),
+            "repository" => Some(KeyScope::Repository(name.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The stored kind: `all`, `namespace` or `repository`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyScope::All => "all",
+            KeyScope::Namespace(_) => "namespace",
+            KeyScope::Repository(_) => "repository",
+        }
+    }
+
+    /// The namespace or repository it names (empty for `all`).
+    pub fn name(&self) -> &str {
+        match self {
+            KeyScope::All => "",
+            KeyScope::Namespace(n) | KeyScope::Repository(n) => n,
+        }
+    }
 }
 
 /// An API key's restriction of its owner's rights.
@@ -69,6 +100,20 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The API key limit on the organization (namespace) `org`: a key reaches an organization
+    /// only when its scope covers the whole namespace.
+    fn org_key_cap(&self, org: &str) -> KeyCap {
+        match &self.key {
+            None => KeyCap::Unrestricted,
+            Some(k) => match &k.scope {
+                KeyScope::All => KeyCap::AtMost(k.cap),
+                KeyScope::Namespace(ns) if ns == org => KeyCap::AtMost(k.cap),
+                KeyScope::Namespace(_) | KeyScope::Repository(_) => KeyCap::Nothing,
+            },
+        }
+    }
+
+    /// The API key limit on the repository `repo`.
     fn key_cap(&self, repo: &str) -> KeyCap {
         match &self.key {
             None => KeyCap::Unrestricted,
@@ -106,6 +151,76 @@ pub enum Principal {
     User(Identity),
 }
 
+/// The access facts of `identity` (or anonymous) on `repo`, from what the store read: roles and
+/// permissions are typed here, at the store's boundary, and anything unknown counts as nothing
+/// (fail closed). Single-repository decisions and listings both build their facts here.
+pub(super) fn access_facts_of(
+    identity: Option<&Identity>,
+    repo: &str,
+    facts: &CachedFacts,
+) -> AccessFacts {
+    AccessFacts {
+        is_site_admin: identity.is_some_and(|i| i.is_admin),
+        is_namespace_owner: facts.owns_namespace,
+        org_role: facts
+            .org_role
+            .as_deref()
+            .and_then(|r| r.parse::<OrgRole>().ok()),
+        user_grant: facts.user_grant.as_deref().and_then(|p| p.parse().ok()),
+        team_grants: facts
+            .team_grants
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        public: facts.public,
+        key_cap: identity.map_or(KeyCap::Unrestricted, |i| i.key_cap(repo)),
+    }
+}
+
+/// The organization facts of `identity` on the organization `org`, in which it has `role`.
+pub(super) fn org_facts_of(identity: &Identity, org: &str, role: Option<OrgRole>) -> OrgFacts {
+    OrgFacts {
+        is_site_admin: identity.is_admin,
+        role,
+        key_cap: identity.org_key_cap(org),
+    }
+}
+
+/// The account facts of `caller` (or anonymous) on the account with id `target` (if any).
+pub(super) fn account_facts_of(
+    caller: Option<&Identity>,
+    target: Option<&str>,
+    self_signup: bool,
+) -> AccountFacts {
+    AccountFacts {
+        authenticated: caller.is_some(),
+        is_site_admin: caller.is_some_and(|c| c.is_admin),
+        through_key: caller.is_some_and(|c| c.key.is_some()),
+        is_self: caller.is_some_and(|c| target == Some(c.user_id.as_str())),
+        self_signup,
+    }
+}
+
+/// Whether `caller` may perform `action` on the account `target`.
+pub(super) fn account_allows(
+    caller: Option<&Identity>,
+    target: Option<&str>,
+    self_signup: bool,
+    action: AccountAction,
+) -> bool {
+    crate::auth::account_permits(&account_facts_of(caller, target, self_signup), action)
+}
+
+/// Whether `caller`, with `role` in the organization `org`, may perform `action` on it.
+pub(super) fn org_allows(
+    caller: &Identity,
+    org: &str,
+    role: Option<OrgRole>,
+    action: OrgAction,
+) -> bool {
+    crate::auth::org_permits(&org_facts_of(caller, org, role), action)
+}
+
 impl Registry {
     /// Access facts of `identity` (or anonymous) on `repo`.
     async fn access_facts(
@@ -125,23 +240,7 @@ impl Registry {
             })
             .await?
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("repository facts not loaded")))?;
-        let access = AccessFacts {
-            is_site_admin: identity.is_some_and(|i| i.is_admin),
-            is_namespace_owner: facts.owns_namespace,
-            org_role: facts
-                .org_role
-                .as_deref()
-                .and_then(|r| r.parse::<OrgRole>().ok()),
-            user_grant: facts.user_grant.as_deref().and_then(|p| p.parse().ok()),
-            team_grants: facts
-                .team_grants
-                .iter()
-                .filter_map(|p| p.parse().ok())
-                .collect(),
-            public: facts.public,
-            key_cap: identity.map_or(KeyCap::Unrestricted, |i| i.key_cap(repo)),
-        };
-        Ok((access, facts.exists))
+        Ok((access_facts_of(identity, repo, &facts), facts.exists))
     }
 
     /// The permission `identity` (or anonymous) has on `repo`, if any.

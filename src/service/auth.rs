@@ -106,16 +106,11 @@ fn key_restriction(
     scope_name: &str,
     permission: &str,
 ) -> Option<KeyRestriction> {
-    let scope = match scope_kind {
-        "all" => KeyScope::All,
-        "namespace" => KeyScope::Namespace(scope_name.to_owned()),
-        "repository" => KeyScope::Repository(scope_name.to_owned()),
-        // A scope this node does not know (written by a newer version, or by hand) grants
-        // nothing: the key is refused rather than widened to "all".
-        other => {
-            tracing::warn!(key.id = %id, scope = %other, "API key with an unknown scope refused");
-            return None;
-        }
+    // A scope this node does not know (written by a newer version, or by hand) grants
+    // nothing: the key is refused rather than widened to "all".
+    let Some(scope) = KeyScope::from_stored(scope_kind, scope_name) else {
+        tracing::warn!(key.id = %id, scope = %scope_kind, "API key with an unknown scope refused");
+        return None;
     };
     Some(KeyRestriction {
         id: id.to_owned(),

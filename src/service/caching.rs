@@ -429,8 +429,7 @@ mod cache_races {
                     &user,
                     NewApiKey {
                         name: format!("key-{i}"),
-                        scope_kind: "all".into(),
-                        scope_name: String::new(),
+                        scope: crate::service::KeyScope::All,
                         permission: Permission::Read,
                         expires_in_days: None,
                     },

@@ -1,22 +1,31 @@
 //! Tenancy management use cases behind `/api/v1`: users, organizations, members, teams,
 //! repositories (visibility, grants, deletion) and API keys.
 //!
-//! Every method takes the caller's [`Identity`] and enforces who may do what; anything the caller
-//! may not see answers `NameUnknown`/`ManifestUnknown`-style "not found", never a hint that it
-//! exists.
+//! Every method takes the caller's [`Identity`] and asks the access policy (`auth::permission`
+//! for repositories, `auth::policy` for organizations and accounts, through `service::access`)
+//! who may do what; no method decides on its own. Anything the caller may not see answers
+//! `NameUnknown`-style "not found", never a hint that it exists. Results are views
+//! (`service::views`), never store rows.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::effective_permission;
 use crate::auth::permission::{OrgRole, Permission};
+use crate::auth::policy::{AccountAction, OrgAction};
 use crate::meta;
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, MemberRow, NameConflict, NewUser, OrgRow,
-    RefreshTokenRow, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantSubject, IdentityStore, NameConflict, NewUser, OrgRow, RepoListing,
+    RepoSummary, TagSummary, TeamRow, UserUpdate, Visibility,
 };
 use crate::oci::RepoName;
 
-use super::access::Identity;
+use super::access::{Identity, KeyScope, access_facts_of, account_allows, org_allows};
+use super::caching::CachedFacts;
+use super::views::{
+    ApiKeyInfo, GrantInfo, MemberInfo, OrgInfo, RefreshTokenInfo, TeamInfo, TeamMemberInfo,
+    UserInfo,
+};
 use super::{Error, Registry, Result};
 
 /// A repository with its tags, as the management API shows it.
@@ -33,44 +42,12 @@ pub struct RepoDetail {
 pub struct NewApiKey {
     /// Name, unique per user.
     pub name: String,
-    /// `all`, `namespace` or `repository`.
-    pub scope_kind: String,
-    /// The namespace or repository.
-    pub scope_name: String,
+    /// Where it applies.
+    pub scope: KeyScope,
     /// Permission cap.
     pub permission: Permission,
     /// Expiry in days, if any.
     pub expires_in_days: Option<u32>,
-}
-
-/// One of the caller's refresh tokens, as listed (never its secret or hash).
-#[derive(Clone, Debug)]
-pub struct RefreshTokenInfo {
-    /// Id (embedded in the secret).
-    pub id: String,
-    /// The service it was issued for.
-    pub service: String,
-    /// The `client_id` the client gave (may be empty).
-    pub client_id: String,
-    /// Milliseconds since the epoch.
-    pub created_at: i64,
-    /// When it last minted an access token (to the minute).
-    pub last_used_at: Option<i64>,
-    /// Expiry, milliseconds since the epoch.
-    pub expires_at: i64,
-}
-
-impl From<RefreshTokenRow> for RefreshTokenInfo {
-    fn from(r: RefreshTokenRow) -> Self {
-        Self {
-            id: r.id,
-            service: r.service,
-            client_id: r.client_id,
-            created_at: r.created_at,
-            last_used_at: r.last_used_at,
-            expires_at: r.expires_at,
-        }
-    }
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -104,18 +81,24 @@ fn valid_password(pw: &str) -> Result<()> {
 }
 
 impl Registry {
-    fn require_admin(&self, caller: &Identity) -> Result<()> {
-        if caller.is_admin && caller.key.is_none() {
-            Ok(())
-        } else {
-            Err(Error::Denied)
-        }
+    /// Whether `caller` may perform `action` on the account with id `target`.
+    fn account_allows(
+        &self,
+        caller: Option<&Identity>,
+        target: Option<&str>,
+        action: AccountAction,
+    ) -> bool {
+        account_allows(caller, target, self.tokens.self_signup, action)
     }
 
-    /// Management calls through an API key are limited to its scope; account management is not
-    /// for API keys at all.
-    fn require_interactive(&self, caller: &Identity) -> Result<()> {
-        if caller.key.is_none() {
+    /// `Denied` unless `caller` may perform `action` on the account `target`.
+    fn require_account(
+        &self,
+        caller: &Identity,
+        target: Option<&str>,
+        action: AccountAction,
+    ) -> Result<()> {
+        if self.account_allows(Some(caller), target, action) {
             Ok(())
         } else {
             Err(Error::Denied)
@@ -153,16 +136,17 @@ impl Registry {
         email: &str,
         is_admin: bool,
         adopt: bool,
-    ) -> Result<UserRow> {
-        let caller_is_admin = caller.is_some_and(|c| c.is_admin && c.key.is_none());
-        if !caller_is_admin && !self.tokens.self_signup {
+    ) -> Result<UserInfo> {
+        if !self.account_allows(caller, None, AccountAction::Create) {
             return Err(if caller.is_some() {
                 Error::Denied
             } else {
                 Error::Unauthorized
             });
         }
-        if (is_admin || adopt) && !caller_is_admin {
+        if (is_admin || adopt)
+            && !self.account_allows(caller, None, AccountAction::CreatePrivileged)
+        {
             return Err(Error::Denied);
         }
         valid_account_name(username)?;
@@ -175,17 +159,24 @@ impl Registry {
             is_admin,
             adopt,
         };
-        self.tenancy_write(move |id| async move { id.create_user(&user).await })
+        let row = self
+            .tenancy_write(move |id| async move { id.create_user(&user).await })
             .await?
-            .map_err(|c| name_conflict(username, c))
+            .map_err(|c| name_conflict(username, c))?;
+        // The creator gave the email: the answer shows it back.
+        Ok(UserInfo::new(row, true))
     }
 
-    /// A user by name: any authenticated caller may look users up.
-    pub async fn get_user(&self, _caller: &Identity, username: &str) -> Result<UserRow> {
-        self.identity
+    /// A user by name: any authenticated caller may look users up; the email only as the policy
+    /// says.
+    pub async fn get_user(&self, caller: &Identity, username: &str) -> Result<UserInfo> {
+        let row = self
+            .identity
             .user_by_name(username)
             .await?
-            .ok_or(Error::NameUnknown)
+            .ok_or(Error::NameUnknown)?;
+        let sees = self.account_allows(Some(caller), Some(&row.id), AccountAction::SeeEmail);
+        Ok(UserInfo::new(row, sees))
     }
 
     /// Lists users (site admins only).
@@ -194,9 +185,17 @@ impl Registry {
         caller: &Identity,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<UserRow>> {
-        self.require_admin(caller)?;
-        Ok(self.identity.list_users(after, limit).await?)
+    ) -> Result<Vec<UserInfo>> {
+        self.require_account(caller, None, AccountAction::List)?;
+        let rows = self.identity.list_users(after, limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let sees =
+                    self.account_allows(Some(caller), Some(&row.id), AccountAction::SeeEmail);
+                UserInfo::new(row, sees)
+            })
+            .collect())
     }
 
     /// Updates a user: themselves (email, password) or a site admin (also the admin flag).
@@ -207,16 +206,15 @@ impl Registry {
         email: Option<String>,
         password: Option<String>,
         is_admin: Option<bool>,
-    ) -> Result<UserRow> {
-        self.require_interactive(caller)?;
+    ) -> Result<UserInfo> {
         let target = self
             .identity
             .user_by_name(username)
             .await?
             .ok_or(Error::NameUnknown)?;
-        let allowed = caller.is_admin || (caller.user_id == target.id && is_admin.is_none());
-        if !allowed {
-            return Err(Error::Denied);
+        self.require_account(caller, Some(&target.id), AccountAction::Update)?;
+        if is_admin.is_some() {
+            self.require_account(caller, Some(&target.id), AccountAction::SetAdmin)?;
         }
         let password_hash = match password {
             Some(p) => {
@@ -233,15 +231,22 @@ impl Registry {
         let target_id = target.id.clone();
         self.tenancy_write(move |id| async move { id.update_user(&target_id, &update).await })
             .await?;
-        self.identity
+        let row = self
+            .identity
             .user_by_id(&target.id)
             .await?
-            .ok_or(Error::NameUnknown)
+            .ok_or(Error::NameUnknown)?;
+        let sees = self.account_allows(Some(caller), Some(&row.id), AccountAction::SeeEmail);
+        Ok(UserInfo::new(row, sees))
     }
 
     /// Changes the caller's own password, checking the current one.
     pub async fn change_password(&self, caller: &Identity, current: &str, new: &str) -> Result<()> {
-        self.require_interactive(caller)?;
+        self.require_account(
+            caller,
+            Some(&caller.user_id),
+            AccountAction::ManageCredentials,
+        )?;
         let user = self
             .identity
             .user_by_id(&caller.user_id)
@@ -268,15 +273,12 @@ impl Registry {
     /// in their namespace stay, and so does the name (a tombstone), until the repositories are
     /// deleted or a site admin adopts the name; meanwhile only site admins reach them.
     pub async fn delete_user(&self, caller: &Identity, username: &str) -> Result<()> {
-        self.require_interactive(caller)?;
         let target = self
             .identity
             .user_by_name(username)
             .await?
             .ok_or(Error::NameUnknown)?;
-        if !(caller.is_admin || caller.user_id == target.id) {
-            return Err(Error::Denied);
-        }
+        self.require_account(caller, Some(&target.id), AccountAction::Delete)?;
         let target_id = target.id;
         match self
             .tenancy_write(move |id| async move { id.delete_user(&target_id).await })
@@ -290,41 +292,60 @@ impl Registry {
 
     // ---- organizations -------------------------------------------------------------------
 
-    async fn org_role(&self, caller: &Identity, org: &OrgRow) -> Result<Option<OrgRole>> {
-        let members = self.identity.org_members(&org.id).await?;
-        Ok(members
-            .iter()
-            .find(|m| m.user_id == caller.user_id)
-            .and_then(|m| m.role.parse().ok()))
+    /// The members of `org` this node knows the role of (see [`MemberInfo::of`]), with ids.
+    async fn members_of(&self, org: &OrgRow) -> Result<Vec<(String, MemberInfo)>> {
+        Ok(self
+            .identity
+            .org_members(&org.id)
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let id = m.user_id.clone();
+                MemberInfo::of(m).map(|info| (id, info))
+            })
+            .collect())
     }
 
-    /// The organization if the caller may see it (members and site admins), with the caller's role.
-    async fn visible_org(
-        &self,
-        caller: &Identity,
-        name: &str,
-    ) -> Result<(OrgRow, Option<OrgRole>)> {
+    /// The organization `name` and `user`'s role in it.
+    async fn org_and_role(&self, name: &str, user: &str) -> Result<(OrgRow, Option<OrgRole>)> {
         let org = self
             .identity
             .org_by_name(name)
             .await?
             .ok_or(Error::NameUnknown)?;
-        let role = self.org_role(caller, &org).await?;
-        if role.is_none() && !caller.is_admin {
+        let role = self
+            .members_of(&org)
+            .await?
+            .into_iter()
+            .find(|(id, _)| id == user)
+            .map(|(_, m)| m.role);
+        Ok((org, role))
+    }
+
+    /// The organization if the caller may see it, with the caller's role; `NameUnknown` when the
+    /// policy hides it, so it looks exactly like a missing one.
+    async fn visible_org(
+        &self,
+        caller: &Identity,
+        name: &str,
+    ) -> Result<(OrgRow, Option<OrgRole>)> {
+        let (org, role) = self.org_and_role(name, &caller.user_id).await?;
+        if !org_allows(caller, &org.name, role, OrgAction::View) {
             return Err(Error::NameUnknown);
         }
         Ok((org, role))
     }
 
-    /// The organization if the caller administers it (owner, admin, site admin).
-    async fn managed_org(
+    /// The organization if the caller may perform `action` on it (`Denied` when they may see it
+    /// but not do this).
+    async fn org_for(
         &self,
         caller: &Identity,
         name: &str,
+        action: OrgAction,
     ) -> Result<(OrgRow, Option<OrgRole>)> {
-        self.require_interactive(caller)?;
         let (org, role) = self.visible_org(caller, name).await?;
-        if !(caller.is_admin || role.is_some_and(|r| r >= OrgRole::Admin)) {
+        if !org_allows(caller, &org.name, role, action) {
             return Err(Error::Denied);
         }
         Ok((org, role))
@@ -332,41 +353,65 @@ impl Registry {
 
     /// Creates an organization; the caller becomes its owner. A name under which repositories
     /// already live is refused (409) unless a site admin adopts it (`adopt`).
-    pub async fn create_org(&self, caller: &Identity, name: &str, adopt: bool) -> Result<OrgRow> {
-        self.require_interactive(caller)?;
+    pub async fn create_org(&self, caller: &Identity, name: &str, adopt: bool) -> Result<OrgInfo> {
+        self.require_account(caller, None, AccountAction::CreateOrg)?;
         if adopt {
-            self.require_admin(caller)?;
+            self.require_account(caller, None, AccountAction::CreatePrivileged)?;
         }
         valid_account_name(name)?;
         let (org, owner) = (name.to_owned(), caller.user_id.clone());
-        self.tenancy_write(move |id| async move { id.create_org(&org, &owner, adopt).await })
+        Ok(self
+            .tenancy_write(move |id| async move { id.create_org(&org, &owner, adopt).await })
             .await?
-            .map_err(|c| name_conflict(name, c))
+            .map_err(|c| name_conflict(name, c))?
+            .into())
     }
 
-    /// An organization the caller belongs to (or any, for site admins).
-    pub async fn get_org(&self, caller: &Identity, name: &str) -> Result<OrgRow> {
-        Ok(self.visible_org(caller, name).await?.0)
+    /// An organization the caller may see (members, site admins; through an API key only when
+    /// its scope covers the organization).
+    pub async fn get_org(&self, caller: &Identity, name: &str) -> Result<OrgInfo> {
+        Ok(self.visible_org(caller, name).await?.0.into())
     }
 
-    /// Organizations the caller belongs to (all of them for site admins).
+    /// The organizations the caller may see, after `after`: each row is decided by the same
+    /// policy as [`Registry::get_org`].
     pub async fn list_orgs(
         &self,
         caller: &Identity,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<OrgRow>> {
-        let member = (!caller.is_admin).then_some(caller.user_id.as_str());
-        Ok(self.identity.list_orgs(member, after, limit).await?)
+    ) -> Result<Vec<OrgInfo>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut cursor = after.map(str::to_owned);
+        loop {
+            let rows = self
+                .identity
+                .list_orgs(&caller.user_id, caller.is_admin, cursor.as_deref(), limit)
+                .await?;
+            let full = rows.len() >= limit as usize;
+            for row in rows {
+                cursor = Some(row.org.name.clone());
+                let role = row.role.as_deref().and_then(|r| r.parse::<OrgRole>().ok());
+                if org_allows(caller, &row.org.name, role, OrgAction::View) {
+                    out.push(row.org.into());
+                    if out.len() >= limit as usize {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 
     /// Deletes an organization (owners and site admins). Its repositories stay under a tombstone
     /// like a deleted user's.
     pub async fn delete_org(&self, caller: &Identity, name: &str) -> Result<()> {
-        let (org, role) = self.managed_org(caller, name).await?;
-        if !(caller.is_admin || role == Some(OrgRole::Owner)) {
-            return Err(Error::Denied);
-        }
+        let (org, _) = self.org_for(caller, name, OrgAction::Delete).await?;
         match self
             .tenancy_write(move |id| async move { id.delete_org(&org.id).await })
             .await?
@@ -377,10 +422,15 @@ impl Registry {
         }
     }
 
-    /// Members of an organization (visible to its members).
-    pub async fn org_members(&self, caller: &Identity, name: &str) -> Result<Vec<MemberRow>> {
+    /// Members of an organization (whoever may see it).
+    pub async fn org_members(&self, caller: &Identity, name: &str) -> Result<Vec<MemberInfo>> {
         let (org, _) = self.visible_org(caller, name).await?;
-        Ok(self.identity.org_members(&org.id).await?)
+        Ok(self
+            .members_of(&org)
+            .await?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
     }
 
     /// Adds a member or changes a role. Only owners (and site admins) grant or take `owner`, and
@@ -392,22 +442,24 @@ impl Registry {
         username: &str,
         role: OrgRole,
     ) -> Result<()> {
-        let (org, caller_role) = self.managed_org(caller, name).await?;
+        let (org, _) = self.org_for(caller, name, OrgAction::ManageMembers).await?;
         let user = self
             .identity
             .user_by_name(username)
             .await?
             .ok_or(Error::NameUnknown)?;
-        let members = self.identity.org_members(&org.id).await?;
-        let current: Option<OrgRole> = members
+        let members = self.members_of(&org).await?;
+        let current = members
             .iter()
-            .find(|m| m.user_id == user.id)
-            .and_then(|m| m.role.parse().ok());
-        let touches_owner = role == OrgRole::Owner || current == Some(OrgRole::Owner);
-        if touches_owner && !(caller.is_admin || caller_role == Some(OrgRole::Owner)) {
-            return Err(Error::Denied);
+            .find(|(id, _)| *id == user.id)
+            .map(|(_, m)| m.role);
+        if role == OrgRole::Owner || current == Some(OrgRole::Owner) {
+            self.org_for(caller, name, OrgAction::ManageOwners).await?;
         }
-        let owners = members.iter().filter(|m| m.role == "owner").count();
+        let owners = members
+            .iter()
+            .filter(|(_, m)| m.role == OrgRole::Owner)
+            .count();
         if current == Some(OrgRole::Owner) && role != OrgRole::Owner && owners <= 1 {
             return Err(Error::Conflict(
                 "an organization keeps at least one owner".into(),
@@ -419,37 +471,42 @@ impl Registry {
         .await
     }
 
-    /// Removes a member (administrators, or members leaving themselves).
+    /// Removes a member (administrators; owners only by owners), or a member leaves.
     pub async fn remove_org_member(
         &self,
         caller: &Identity,
         name: &str,
         username: &str,
     ) -> Result<()> {
-        self.require_interactive(caller)?;
         let (org, caller_role) = self.visible_org(caller, name).await?;
         let user = self
             .identity
             .user_by_name(username)
             .await?
             .ok_or(Error::NameUnknown)?;
-        let members = self.identity.org_members(&org.id).await?;
-        let target: Option<OrgRole> = members
+        let members = self.members_of(&org).await?;
+        let Some(target) = members
             .iter()
-            .find(|m| m.user_id == user.id)
-            .and_then(|m| m.role.parse().ok());
-        let Some(target) = target else {
+            .find(|(id, _)| *id == user.id)
+            .map(|(_, m)| m.role)
+        else {
             return Err(Error::NameUnknown);
         };
-        let leaving = user.id == caller.user_id;
-        let manages = caller.is_admin || caller_role.is_some_and(|r| r >= OrgRole::Admin);
-        if !(leaving || manages)
-            || (target == OrgRole::Owner
-                && !(leaving || caller.is_admin || caller_role == Some(OrgRole::Owner)))
-        {
+        let action = if user.id == caller.user_id {
+            OrgAction::Leave
+        } else if target == OrgRole::Owner {
+            OrgAction::ManageOwners
+        } else {
+            OrgAction::ManageMembers
+        };
+        if !org_allows(caller, &org.name, caller_role, action) {
             return Err(Error::Denied);
         }
-        if target == OrgRole::Owner && members.iter().filter(|m| m.role == "owner").count() <= 1 {
+        let owners = members
+            .iter()
+            .filter(|(_, m)| m.role == OrgRole::Owner)
+            .count();
+        if target == OrgRole::Owner && owners <= 1 {
             return Err(Error::Conflict(
                 "an organization keeps at least one owner".into(),
             ));
@@ -462,19 +519,27 @@ impl Registry {
     // ---- teams ---------------------------------------------------------------------------
 
     /// Creates a team (org administrators).
-    pub async fn create_team(&self, caller: &Identity, org: &str, team: &str) -> Result<TeamRow> {
-        let (org, _) = self.managed_org(caller, org).await?;
+    pub async fn create_team(&self, caller: &Identity, org: &str, team: &str) -> Result<TeamInfo> {
+        let (org, _) = self.org_for(caller, org, OrgAction::ManageTeams).await?;
         valid_account_name(team)?;
-        self.identity
+        let row = self
+            .identity
             .create_team(&org.id, team)
             .await?
-            .ok_or_else(|| Error::Conflict(format!("team {team} exists")))
+            .ok_or_else(|| Error::Conflict(format!("team {team} exists")))?;
+        Ok(TeamInfo::new(&org.name, row))
     }
 
-    /// Teams of an organization (members).
-    pub async fn list_teams(&self, caller: &Identity, org: &str) -> Result<Vec<TeamRow>> {
+    /// Teams of an organization (whoever may see it).
+    pub async fn list_teams(&self, caller: &Identity, org: &str) -> Result<Vec<TeamInfo>> {
         let (org, _) = self.visible_org(caller, org).await?;
-        Ok(self.identity.list_teams(&org.id).await?)
+        Ok(self
+            .identity
+            .list_teams(&org.id)
+            .await?
+            .into_iter()
+            .map(|t| TeamInfo::new(&org.name, t))
+            .collect())
     }
 
     async fn team_of(&self, org: &OrgRow, team: &str) -> Result<TeamRow> {
@@ -486,23 +551,29 @@ impl Registry {
 
     /// Deletes a team (org administrators).
     pub async fn delete_team(&self, caller: &Identity, org: &str, team: &str) -> Result<()> {
-        let (org, _) = self.managed_org(caller, org).await?;
+        let (org, _) = self.org_for(caller, org, OrgAction::ManageTeams).await?;
         let team = self.team_of(&org, team).await?;
         self.tenancy_write(move |id| async move { id.delete_team(&team.id).await })
             .await?;
         Ok(())
     }
 
-    /// Members of a team (org members).
+    /// Members of a team (whoever may see the organization).
     pub async fn team_members(
         &self,
         caller: &Identity,
         org: &str,
         team: &str,
-    ) -> Result<Vec<MemberRow>> {
+    ) -> Result<Vec<TeamMemberInfo>> {
         let (org, _) = self.visible_org(caller, org).await?;
         let team = self.team_of(&org, team).await?;
-        Ok(self.identity.team_members(&team.id).await?)
+        Ok(self
+            .identity
+            .team_members(&team.id)
+            .await?
+            .into_iter()
+            .map(TeamMemberInfo::from)
+            .collect())
     }
 
     /// Adds an org member to a team (org administrators).
@@ -513,15 +584,15 @@ impl Registry {
         team: &str,
         username: &str,
     ) -> Result<()> {
-        let (org, _) = self.managed_org(caller, org).await?;
+        let (org, _) = self.org_for(caller, org, OrgAction::ManageTeams).await?;
         let team = self.team_of(&org, team).await?;
         let user = self
             .identity
             .user_by_name(username)
             .await?
             .ok_or(Error::NameUnknown)?;
-        let members = self.identity.org_members(&org.id).await?;
-        if !members.iter().any(|m| m.user_id == user.id) {
+        let members = self.members_of(&org).await?;
+        if !members.iter().any(|(id, _)| *id == user.id) {
             return Err(invalid(format!(
                 "{username} is not a member of the organization"
             )));
@@ -538,7 +609,7 @@ impl Registry {
         team: &str,
         username: &str,
     ) -> Result<()> {
-        let (org, _) = self.managed_org(caller, org).await?;
+        let (org, _) = self.org_for(caller, org, OrgAction::ManageTeams).await?;
         let team = self.team_of(&org, team).await?;
         let user = self
             .identity
@@ -564,7 +635,7 @@ impl Registry {
         repo: &RepoName,
         permission: Permission,
     ) -> Result<()> {
-        let (org_row, _) = self.managed_org(caller, org).await?;
+        let (org_row, _) = self.org_for(caller, org, OrgAction::ManageTeams).await?;
         let team = self.team_of(&org_row, team).await?;
         if repo.as_str().split('/').next() != Some(org) {
             return Err(invalid(
@@ -592,7 +663,7 @@ impl Registry {
         team: &str,
         repo: &RepoName,
     ) -> Result<()> {
-        let (org_row, _) = self.managed_org(caller, org).await?;
+        let (org_row, _) = self.org_for(caller, org, OrgAction::ManageTeams).await?;
         let team = self.team_of(&org_row, team).await?;
         let repo = repo.to_string();
         if self
@@ -636,7 +707,9 @@ impl Registry {
         Ok(RepoDetail { summary, tags })
     }
 
-    /// Repositories the caller may see, optionally in one namespace.
+    /// Repositories the caller may see, optionally in one namespace, after `after`: the store
+    /// reads the candidates with the caller's facts on each, and each is decided by the same
+    /// function as a single repository (`auth::effective_permission`, API-key cap included).
     pub async fn list_repositories(
         &self,
         caller: Option<&Identity>,
@@ -644,17 +717,48 @@ impl Registry {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RepoSummary>> {
-        let all = caller.is_some_and(|c| c.is_admin && c.key.is_none());
-        Ok(self
-            .identity
-            .visible_repositories(
-                caller.map(|c| c.user_id.as_str()),
-                all,
-                namespace,
-                after,
-                limit,
-            )
-            .await?)
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The key's scope narrows the candidates in the store (an optimisation: the decision
+        // below would drop the others anyway).
+        let (key_namespace, key_repository) =
+            match caller.and_then(|c| c.key.as_ref()).map(|k| &k.scope) {
+                Some(KeyScope::Namespace(ns)) => (Some(ns.as_str()), None),
+                Some(KeyScope::Repository(r)) => (None, Some(r.as_str())),
+                Some(KeyScope::All) | None => (None, None),
+            };
+        let mut cursor = after.map(str::to_owned);
+        loop {
+            let rows = self
+                .identity
+                .visible_repositories(&RepoListing {
+                    user: caller.map(|c| c.user_id.as_str()),
+                    all: caller.is_some_and(|c| c.is_admin),
+                    namespace,
+                    key_namespace,
+                    key_repository,
+                    after: cursor.as_deref(),
+                    limit,
+                })
+                .await?;
+            let full = rows.len() >= limit as usize;
+            for row in rows {
+                cursor = Some(row.summary.name.clone());
+                let facts =
+                    access_facts_of(caller, &row.summary.name, &CachedFacts::from(row.facts));
+                if effective_permission(&facts).is_some() {
+                    out.push(row.summary);
+                    if out.len() >= limit as usize {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 
     /// Changes a repository's visibility (admin permission).
@@ -698,10 +802,16 @@ impl Registry {
         &self,
         caller: &Identity,
         repo: &RepoName,
-    ) -> Result<Vec<GrantRow>> {
+    ) -> Result<Vec<GrantInfo>> {
         self.require_repo(Some(caller), repo, Permission::Admin)
             .await?;
-        Ok(self.identity.grants(repo.as_str()).await?)
+        Ok(self
+            .identity
+            .grants(repo.as_str())
+            .await?
+            .into_iter()
+            .filter_map(GrantInfo::of)
+            .collect())
     }
 
     async fn grant_subject(
@@ -788,20 +898,21 @@ impl Registry {
         &self,
         caller: &Identity,
         new: NewApiKey,
-    ) -> Result<(ApiKeyRow, String)> {
-        self.require_interactive(caller)?;
+    ) -> Result<(ApiKeyInfo, String)> {
+        self.require_account(
+            caller,
+            Some(&caller.user_id),
+            AccountAction::ManageCredentials,
+        )?;
         if new.name.is_empty() || new.name.len() > 100 {
             return Err(invalid("an API key needs a name of at most 100 characters"));
         }
-        match new.scope_kind.as_str() {
-            "all" => {}
-            "namespace" => valid_account_name(&new.scope_name)?,
-            "repository" => {
-                new.scope_name
-                    .parse::<RepoName>()
-                    .map_err(|e| invalid(e.to_string()))?;
+        match &new.scope {
+            KeyScope::All => {}
+            KeyScope::Namespace(ns) => valid_account_name(ns)?,
+            KeyScope::Repository(r) => {
+                r.parse::<RepoName>().map_err(|e| invalid(e.to_string()))?;
             }
-            _ => return Err(invalid("scope kind must be all, namespace or repository")),
         }
         let expires_at = new.expires_in_days.map(|d| {
             let now = i64::try_from(
@@ -818,27 +929,43 @@ impl Registry {
             user_id: caller.user_id.clone(),
             name: new.name.clone(),
             secret_hash: Vec::new(),
-            scope_kind: new.scope_kind,
-            scope_name: new.scope_name,
+            scope_kind: new.scope.kind().to_owned(),
+            scope_name: new.scope.name().to_owned(),
             permission: new.permission.as_str().to_owned(),
             expires_at,
             revoked_at: None,
             created_at: 0,
         };
-        self.store_api_key(row)
+        let (row, secret) = self
+            .store_api_key(row)
             .await?
-            .ok_or_else(|| Error::Conflict(format!("an API key named {} exists", new.name)))
+            .ok_or_else(|| Error::Conflict(format!("an API key named {} exists", new.name)))?;
+        Ok((row.into(), secret))
     }
 
     /// The caller's API keys (without secrets).
-    pub async fn list_api_keys(&self, caller: &Identity) -> Result<Vec<ApiKeyRow>> {
-        self.require_interactive(caller)?;
-        Ok(self.identity.list_api_keys(&caller.user_id).await?)
+    pub async fn list_api_keys(&self, caller: &Identity) -> Result<Vec<ApiKeyInfo>> {
+        self.require_account(
+            caller,
+            Some(&caller.user_id),
+            AccountAction::ManageCredentials,
+        )?;
+        Ok(self
+            .identity
+            .list_api_keys(&caller.user_id)
+            .await?
+            .into_iter()
+            .map(ApiKeyInfo::from)
+            .collect())
     }
 
     /// The caller's unexpired refresh tokens (without secrets).
     pub async fn list_refresh_tokens(&self, caller: &Identity) -> Result<Vec<RefreshTokenInfo>> {
-        self.require_interactive(caller)?;
+        self.require_account(
+            caller,
+            Some(&caller.user_id),
+            AccountAction::ManageCredentials,
+        )?;
         Ok(self
             .identity
             .list_refresh_tokens(&caller.user_id)
@@ -851,7 +978,11 @@ impl Registry {
     /// Revokes one of the caller's refresh tokens, and with it every registry token minted from
     /// it (within the facts cache bound).
     pub async fn revoke_refresh_token(&self, caller: &Identity, id: &str) -> Result<()> {
-        self.require_interactive(caller)?;
+        self.require_account(
+            caller,
+            Some(&caller.user_id),
+            AccountAction::ManageCredentials,
+        )?;
         let (user, token) = (caller.user_id.clone(), id.to_owned());
         if self
             .tenancy_write(move |ids| async move { ids.delete_refresh_token(&user, &token).await })
@@ -865,7 +996,11 @@ impl Registry {
 
     /// Revokes one of the caller's API keys.
     pub async fn revoke_api_key(&self, caller: &Identity, id: &str) -> Result<()> {
-        self.require_interactive(caller)?;
+        self.require_account(
+            caller,
+            Some(&caller.user_id),
+            AccountAction::ManageCredentials,
+        )?;
         let (user, key) = (caller.user_id.clone(), id.to_owned());
         if self
             .tenancy_write(move |id| async move { id.revoke_api_key(&user, &key).await })

@@ -18,6 +18,7 @@ mod listing;
 mod manifests;
 mod mgmt;
 mod multinode;
+mod policy;
 mod process;
 mod protocol;
 mod robustness;

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::api::ApiState;
 use crate::auth::permission::Permission;
-use crate::service::{ApiKeyRow, NewApiKey};
+use crate::service::{ApiKeyInfo, KeyScope, NewApiKey};
 
 /// Where an API key applies.
 #[derive(Debug, Deserialize, Serialize)]
@@ -47,16 +47,27 @@ pub(crate) struct ApiKeyView {
     created_at: String,
 }
 
-impl From<ApiKeyRow> for ApiKeyView {
-    fn from(row: ApiKeyRow) -> Self {
+impl From<ApiKeyInfo> for ApiKeyView {
+    fn from(row: ApiKeyInfo) -> Self {
+        // A stored scope or permission this node does not know shows as `unknown` (the key
+        // authenticates nothing; its owner may still revoke it).
+        let scope = match &row.scope {
+            Some(s) => KeyScopeView {
+                kind: s.kind().to_owned(),
+                name: s.name().to_owned(),
+            },
+            None => KeyScopeView {
+                kind: "unknown".to_owned(),
+                name: String::new(),
+            },
+        };
         ApiKeyView {
             id: row.id,
             name: row.name,
-            scope: KeyScopeView {
-                kind: row.scope_kind,
-                name: row.scope_name,
-            },
-            permission: row.permission,
+            scope,
+            permission: row
+                .permission
+                .map_or_else(|| "unknown".to_owned(), |p| p.as_str().to_owned()),
             expires_at: row.expires_at.map(rfc3339),
             revoked_at: row.revoked_at.map(rfc3339),
             created_at: rfc3339(row.created_at),
@@ -89,10 +100,11 @@ pub(super) async fn create_api_key(
     Authed(caller): Authed,
     JsonBody(body): JsonBody<NewApiKeyBody>,
 ) -> Result<Response, ApiError> {
+    let scope = KeyScope::from_stored(&body.scope.kind, &body.scope.name)
+        .ok_or_else(|| ApiError::invalid("scope kind must be all, namespace or repository"))?;
     let new = NewApiKey {
         name: body.name,
-        scope_kind: body.scope.kind,
-        scope_name: body.scope.name,
+        scope,
         permission: body.permission,
         expires_in_days: body.expires_in_days,
     };

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::ApiState;
 use crate::auth::permission::OrgRole;
-use crate::service::{MemberRow, OrgRow};
+use crate::service::{MemberInfo, OrgInfo};
 
 /// An organization as the API shows it.
 #[derive(Debug, Serialize)]
@@ -25,8 +25,8 @@ pub(crate) struct OrgView {
     created_at: String,
 }
 
-impl From<OrgRow> for OrgView {
-    fn from(row: OrgRow) -> Self {
+impl From<OrgInfo> for OrgView {
+    fn from(row: OrgInfo) -> Self {
         OrgView {
             name: row.name,
             created_at: rfc3339(row.created_at),
@@ -40,11 +40,11 @@ pub(crate) struct MemberView {
     /// User name.
     username: String,
     /// `owner`, `admin` or `member`.
-    role: String,
+    role: OrgRole,
 }
 
-impl From<MemberRow> for MemberView {
-    fn from(row: MemberRow) -> Self {
+impl From<MemberInfo> for MemberView {
+    fn from(row: MemberInfo) -> Self {
         MemberView {
             username: row.username,
             role: row.role,
@@ -152,7 +152,7 @@ pub(super) async fn add_org_member(
     let location = format!("/orgs/{org}/members/{}", body.username);
     let view = MemberView {
         username: body.username,
-        role: body.role.as_str().to_owned(),
+        role: body.role,
     };
     Ok(created(&location, view))
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::api::ApiState;
 use crate::auth::permission::Permission;
-use crate::service::{GrantRow, RepoDetail, RepoSummary, TagSummary, Visibility};
+use crate::service::{GrantInfo, GrantTo, RepoDetail, RepoSummary, TagSummary, Visibility};
 
 /// A repository in a list.
 #[derive(Debug, Serialize)]
@@ -108,7 +108,7 @@ pub(crate) struct GrantView {
     #[serde(skip_serializing_if = "Option::is_none")]
     team: Option<String>,
     /// `read`, `write` or `admin`.
-    permission: String,
+    permission: Permission,
 }
 
 impl GrantView {
@@ -121,12 +121,15 @@ impl GrantView {
     }
 }
 
-impl From<GrantRow> for GrantView {
-    fn from(g: GrantRow) -> Self {
-        let team = g.subject_kind == "team";
+impl From<GrantInfo> for GrantView {
+    fn from(g: GrantInfo) -> Self {
+        let (user, team) = match g.subject {
+            GrantTo::User(u) => (Some(u), None),
+            GrantTo::Team(t) => (None, Some(t)),
+        };
         GrantView {
-            user: (!team).then(|| g.subject_name.clone()),
-            team: team.then_some(g.subject_name),
+            user,
+            team,
             permission: g.permission,
         }
     }

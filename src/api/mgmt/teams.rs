@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::ApiState;
 use crate::auth::permission::Permission;
-use crate::service::{MemberRow, TeamRow};
+use crate::service::{TeamInfo, TeamMemberInfo};
 
 /// A team as the API shows it.
 #[derive(Debug, Serialize)]
@@ -25,10 +25,10 @@ pub(crate) struct TeamView {
     name: String,
 }
 
-impl TeamView {
-    fn new(org: &str, row: TeamRow) -> Self {
+impl From<TeamInfo> for TeamView {
+    fn from(row: TeamInfo) -> Self {
         TeamView {
-            org: org.to_owned(),
+            org: row.org,
             name: row.name,
         }
     }
@@ -41,8 +41,8 @@ pub(crate) struct TeamMemberView {
     username: String,
 }
 
-impl From<MemberRow> for TeamMemberView {
-    fn from(row: MemberRow) -> Self {
+impl From<TeamMemberInfo> for TeamMemberView {
+    fn from(row: TeamMemberInfo) -> Self {
         TeamMemberView {
             username: row.username,
         }
@@ -68,7 +68,7 @@ pub(super) async fn create_team(
         .create_team(&caller, &org, &body.name)
         .await?;
     let location = format!("/orgs/{org}/teams/{}", row.name);
-    Ok(created(&location, TeamView::new(&org, row)))
+    Ok(created(&location, TeamView::from(row)))
 }
 
 /// `GET /api/v1/orgs/{org}/teams?n=&last=`: the organization's teams (members).
@@ -84,7 +84,7 @@ pub(super) async fn list_teams(
     let views = page
         .slice(rows, |t| t.name.clone())
         .into_iter()
-        .map(|t| TeamView::new(&org, t))
+        .map(TeamView::from)
         .collect();
     Ok(page.render(&uri, views, |t: &TeamView| t.name.clone()))
 }

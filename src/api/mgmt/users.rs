@@ -15,7 +15,7 @@ use super::{
 };
 use crate::api::ApiState;
 use crate::api::credentials::Client;
-use crate::service::{Identity, UserRow};
+use crate::service::UserInfo;
 
 /// A user as the API shows it.
 #[derive(Debug, Serialize)]
@@ -31,16 +31,13 @@ pub(crate) struct UserView {
     created_at: String,
 }
 
-impl UserView {
-    /// Renders `row` for `viewer` (`None`: the row is the viewer's own or an admin's creation).
-    fn new(row: UserRow, viewer: Option<&Identity>) -> Self {
-        let sees_email =
-            viewer.is_none_or(|v| v.user_id == row.id || (v.is_admin && v.key.is_none()));
+impl From<UserInfo> for UserView {
+    fn from(user: UserInfo) -> Self {
         UserView {
-            username: row.username,
-            email: sees_email.then_some(row.email),
-            is_admin: row.is_admin,
-            created_at: rfc3339(row.created_at),
+            username: user.username,
+            email: user.email,
+            is_admin: user.is_admin,
+            created_at: rfc3339(user.created_at),
         }
     }
 }
@@ -109,7 +106,7 @@ pub(super) async fn create_user(
         )
         .await?;
     let location = format!("/users/{}", row.username);
-    Ok(created(&location, UserView::new(row, None)))
+    Ok(created(&location, UserView::from(row)))
 }
 
 /// `GET /api/v1/users?n=&last=`: lists users (site admins).
@@ -124,10 +121,7 @@ pub(super) async fn list_users(
         .registry
         .list_users(&caller, page.after(), page.fetch())
         .await?;
-    let views = rows
-        .into_iter()
-        .map(|r| UserView::new(r, Some(&caller)))
-        .collect();
+    let views = rows.into_iter().map(UserView::from).collect();
     Ok(page.render(&uri, views, |u: &UserView| u.username.clone()))
 }
 
@@ -138,7 +132,7 @@ pub(super) async fn get_user(
     PathParams(username): PathParams<String>,
 ) -> Result<Json<UserView>, ApiError> {
     let row = state.registry.get_user(&caller, &username).await?;
-    Ok(Json(UserView::new(row, Some(&caller))))
+    Ok(Json(row.into()))
 }
 
 /// `GET /api/v1/user`: shows the caller.
@@ -147,7 +141,7 @@ pub(super) async fn get_current_user(
     Authed(caller): Authed,
 ) -> Result<Json<UserView>, ApiError> {
     let row = state.registry.get_user(&caller, &caller.username).await?;
-    Ok(Json(UserView::new(row, Some(&caller))))
+    Ok(Json(row.into()))
 }
 
 /// `PATCH /users/{username}` body; absent fields stay as they are.
@@ -171,7 +165,7 @@ pub(super) async fn update_user(
         .registry
         .update_user(&caller, &username, body.email, body.password, body.is_admin)
         .await?;
-    Ok(Json(UserView::new(row, Some(&caller))))
+    Ok(Json(row.into()))
 }
 
 /// `DELETE /api/v1/users/{username}`: deletes a user (the user or a site admin).

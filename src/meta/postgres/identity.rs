@@ -12,9 +12,10 @@ use tokio_postgres::Row;
 
 use super::{PostgresStore, Tx, all, exec, name_of, opt, repo_id};
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, LoginAdmission, LoginLimit, MemberRow,
-    NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary,
-    TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, ListedOrg, ListedRepo, LoginAdmission,
+    LoginLimit, MemberRow, NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow,
+    RepoFacts, RepoListing, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    permission_of_rank, permission_rank_sql,
 };
 use crate::meta::{Result, now_millis};
 
@@ -404,32 +405,43 @@ impl IdentityStore for PostgresStore {
 
     async fn list_orgs(
         &self,
-        member: Option<&str>,
+        user: &str,
+        all_orgs: bool,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<OrgRow>> {
+    ) -> Result<Vec<ListedOrg>> {
         let after = after.unwrap_or("").as_bytes();
         let rows = self
             .read(
                 "list_orgs",
-                (member, after, limit),
-                |tx, &(member, after, limit)| {
+                (user, all_orgs, after, limit),
+                |tx, &(user, all_orgs, after, limit)| {
                     Box::pin(async move {
                         all(
                             tx,
-                            "SELECT n.id, n.name, n.created_at FROM namespaces n
+                            "SELECT n.id, n.name, n.created_at,
+                                    (SELECT m.role FROM org_members m
+                                     WHERE m.org_id = n.id AND m.user_id = $2::TEXT)
+                             FROM namespaces n
                              WHERE n.kind = 'org' AND n.deleted_at IS NULL AND n.name > $1
-                               AND ($2::TEXT IS NULL OR EXISTS (SELECT 1 FROM org_members m
+                               AND ($3::BOOL OR EXISTS (SELECT 1 FROM org_members m
                                     WHERE m.org_id = n.id AND m.user_id = $2::TEXT))
-                             ORDER BY n.name LIMIT $3",
-                            &[&after, &member, &i64::from(limit)],
+                             ORDER BY n.name LIMIT $4",
+                            &[&after, &user, &all_orgs, &i64::from(limit)],
                         )
                         .await
                     })
                 },
             )
             .await?;
-        rows.iter().map(org_row).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(ListedOrg {
+                    org: org_row(r)?,
+                    role: r.get(3),
+                })
+            })
+            .collect()
     }
 
     async fn delete_org(&self, id: &str) -> Result<std::result::Result<bool, String>> {
@@ -803,74 +815,98 @@ impl IdentityStore for PostgresStore {
             .collect()
     }
 
-    async fn visible_repositories(
-        &self,
-        user: Option<&str>,
-        all_repos: bool,
-        namespace: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<RepoSummary>> {
+    async fn visible_repositories(&self, q: &RepoListing<'_>) -> Result<Vec<ListedRepo>> {
         // A namespace is a first path component: one with a '/' names nothing.
-        if namespace.is_some_and(|ns| ns.contains('/')) {
+        if q.namespace.is_some_and(|ns| ns.contains('/')) {
             return Ok(Vec::new());
         }
-        let after = after.unwrap_or("").as_bytes();
-        let ns = namespace.map(str::as_bytes);
+        let after = q.after.unwrap_or("").as_bytes();
+        let ns = q.namespace.map(str::as_bytes);
         let ns_range = ns.map(namespace_range);
-        let (ns_low, ns_high) = (
-            ns_range.as_ref().map(|(l, _)| l.as_slice()),
-            ns_range.as_ref().map(|(_, h)| h.as_slice()),
+        let key_ns = q.key_namespace.map(str::as_bytes);
+        let key_repo = q.key_repository.map(str::as_bytes);
+        let ctx = (
+            (after, ns, ns_range, q.all, q.user, i64::from(q.limit)),
+            (key_ns, key_repo),
         );
         let rows = self
-            .read(
-                "visible_repositories",
-                (after, ns, ns_low, ns_high, all_repos, user, limit),
-                |tx, &(after, ns, ns_low, ns_high, all_repos, user, limit)| {
-                    Box::pin(async move {
-                        let own = in_namespace("u.username");
-                        let org = in_namespace("n.name");
-                        let sql = format!(
-                            "SELECT r.name, r.visibility, r.created_at FROM repositories r
-                             WHERE r.name > $1
-                               AND ($2::BYTEA IS NULL OR r.name = $2::BYTEA
-                                    OR (r.name >= $3::BYTEA AND r.name < $4::BYTEA))
-                               AND (
-                                  $5::BOOL
-                                  OR r.visibility = 'public'
-                                  OR EXISTS (SELECT 1 FROM users u WHERE u.id = $6::TEXT AND {own})
-                                  OR EXISTS (SELECT 1 FROM org_members m
-                                             JOIN namespaces n ON n.id = m.org_id
-                                             WHERE m.user_id = $6::TEXT AND {org}
-                                               AND m.role IN ('owner', 'admin'))
-                                  OR EXISTS (SELECT 1 FROM repo_permissions p
-                                             WHERE p.repo_id = r.id AND p.subject_kind = 'user'
-                                               AND p.subject_id = $6::TEXT)
-                                  OR EXISTS (SELECT 1 FROM repo_permissions p
-                                             JOIN team_members t ON t.team_id = p.subject_id
-                                             WHERE p.repo_id = r.id AND p.subject_kind = 'team'
-                                               AND t.user_id = $6::TEXT))
-                             ORDER BY r.name LIMIT $7"
-                        );
-                        all(
-                            tx,
-                            &sql,
-                            &[
-                                &after,
-                                &ns,
-                                &ns_low,
-                                &ns_high,
-                                &all_repos,
-                                &user,
-                                &i64::from(limit),
-                            ],
-                        )
-                        .await
-                    })
-                },
-            )
+            .read("visible_repositories", ctx, |tx, ctx| {
+                let ((after, ns, ns_range, all_repos, user, limit), (key_ns, key_repo)) = ctx;
+                Box::pin(async move {
+                    let own = in_namespace("u.username");
+                    let org = in_namespace("n.name");
+                    let key_in = in_namespace("$8::BYTEA");
+                    let team_rank = permission_rank_sql("p.permission");
+                    // The facts columns read exactly what `repo_facts` reads for one repository.
+                    let sql = format!(
+                        "SELECT r.name, r.visibility, r.created_at,
+                            EXISTS (SELECT 1 FROM users u WHERE u.id = $6::TEXT AND {own}),
+                            (SELECT m.role FROM org_members m JOIN namespaces n ON n.id = m.org_id
+                             WHERE m.user_id = $6::TEXT AND {org} AND n.kind = 'org'
+                               AND n.deleted_at IS NULL
+                             LIMIT 1),
+                            (SELECT p.permission FROM repo_permissions p
+                             WHERE p.repo_id = r.id AND p.subject_kind = 'user'
+                               AND p.subject_id = $6::TEXT),
+                            (SELECT MAX({team_rank})::INT8 FROM repo_permissions p
+                             JOIN team_members t ON t.team_id = p.subject_id
+                             WHERE p.repo_id = r.id AND p.subject_kind = 'team'
+                               AND t.user_id = $6::TEXT)
+                         FROM repositories r
+                         WHERE r.name > $1
+                           AND ($2::BYTEA IS NULL OR r.name = $2::BYTEA
+                                OR (r.name >= $3::BYTEA AND r.name < $4::BYTEA))
+                           AND (
+                              r.visibility = 'public'
+                              OR (($8::BYTEA IS NULL OR {key_in})
+                                  AND ($9::BYTEA IS NULL OR r.name = $9::BYTEA)
+                                  AND (
+                                     $5::BOOL
+                                     OR EXISTS (SELECT 1 FROM users u WHERE u.id = $6::TEXT AND {own})
+                                     OR EXISTS (SELECT 1 FROM org_members m
+                                                JOIN namespaces n ON n.id = m.org_id
+                                                WHERE m.user_id = $6::TEXT AND {org}
+                                                  AND m.role IN ('owner', 'admin'))
+                                     OR EXISTS (SELECT 1 FROM repo_permissions p
+                                                WHERE p.repo_id = r.id AND p.subject_kind = 'user'
+                                                  AND p.subject_id = $6::TEXT)
+                                     OR EXISTS (SELECT 1 FROM repo_permissions p
+                                                JOIN team_members t ON t.team_id = p.subject_id
+                                                WHERE p.repo_id = r.id AND p.subject_kind = 'team'
+                                                  AND t.user_id = $6::TEXT))))
+                         ORDER BY r.name LIMIT $7"
+                    );
+                    let (ns_low, ns_high) = (
+                        ns_range.as_ref().map(|(l, _)| l.as_slice()),
+                        ns_range.as_ref().map(|(_, h)| h.as_slice()),
+                    );
+                    all(
+                        tx,
+                        &sql,
+                        &[
+                            after, ns, &ns_low, &ns_high, all_repos, user, limit, key_ns,
+                            key_repo,
+                        ],
+                    )
+                    .await
+                })
+            })
             .await?;
-        rows.iter().map(repo_summary).collect()
+        rows.iter()
+            .map(|r| {
+                let summary = repo_summary(r)?;
+                let facts = RepoFacts {
+                    exists: true,
+                    public: summary.visibility == Visibility::Public,
+                    namespace: None,
+                    owns_namespace: r.get(3),
+                    org_role: r.get(4),
+                    user_grant: r.get(5),
+                    team_grants: permission_of_rank(r.get(6)).into_iter().collect(),
+                };
+                Ok(ListedRepo { summary, facts })
+            })
+            .collect()
     }
 
     async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool> {

@@ -5,9 +5,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{CachedSql as _, SqliteStore};
 use crate::meta::identity::{
-    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, LoginAdmission, LoginLimit, MemberRow,
-    NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow, RepoFacts, RepoSummary,
-    TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    ApiKeyRow, GrantRow, GrantSubject, IdentityStore, ListedOrg, ListedRepo, LoginAdmission,
+    LoginLimit, MemberRow, NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow,
+    RepoFacts, RepoListing, RepoSummary, TagSummary, TeamRow, UserRow, UserUpdate, Visibility,
+    permission_of_rank, permission_rank_sql,
 };
 use crate::meta::{Result, now_millis};
 
@@ -321,20 +322,26 @@ impl IdentityStore for SqliteStore {
 
     async fn list_orgs(
         &self,
-        member: Option<&str>,
+        user: &str,
+        all: bool,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<OrgRow>> {
-        let (member, after) = (member.map(str::to_owned), after.unwrap_or("").to_owned());
+    ) -> Result<Vec<ListedOrg>> {
+        let (user, after) = (user.to_owned(), after.unwrap_or("").to_owned());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT n.id, n.name, n.created_at FROM namespaces n
+                "SELECT n.id, n.name, n.created_at,
+                        (SELECT m.role FROM org_members m WHERE m.org_id = n.id AND m.user_id = ?2)
+                 FROM namespaces n
                  WHERE n.kind = 'org' AND n.deleted_at IS NULL AND n.name > ?1
-                   AND (?2 IS NULL OR EXISTS (SELECT 1 FROM org_members m WHERE m.org_id = n.id AND m.user_id = ?2))
-                 ORDER BY n.name LIMIT ?3",
+                   AND (?3 = 1 OR EXISTS (SELECT 1 FROM org_members m WHERE m.org_id = n.id AND m.user_id = ?2))
+                 ORDER BY n.name LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![after, member, limit], |r| {
-                Ok(OrgRow { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? })
+            let rows = stmt.query_map(params![after, user, i64::from(all), limit], |r| {
+                Ok(ListedOrg {
+                    org: OrgRow { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? },
+                    role: r.get(3)?,
+                })
             })?;
             rows.collect()
         })
@@ -633,36 +640,56 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
-    async fn visible_repositories(
-        &self,
-        user: Option<&str>,
-        all: bool,
-        namespace: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<RepoSummary>> {
-        let (user, namespace, after) = (
-            user.map(str::to_owned),
-            namespace.map(str::to_owned),
-            after.unwrap_or("").to_owned(),
+    async fn visible_repositories(&self, q: &RepoListing<'_>) -> Result<Vec<ListedRepo>> {
+        let (user, namespace, key_ns, key_repo, after, all, limit) = (
+            q.user.map(str::to_owned),
+            q.namespace.map(str::to_owned),
+            q.key_namespace.map(str::to_owned),
+            q.key_repository.map(str::to_owned),
+            q.after.unwrap_or("").to_owned(),
+            i64::from(q.all),
+            q.limit,
         );
         self.read(move |c| {
+            let team_rank = permission_rank_sql("p.permission");
+            // The facts columns read exactly what `repo_facts` reads for one repository.
             let sql = format!(
-                "SELECT r.name, r.visibility, r.created_at FROM repositories r
+                "SELECT r.name, r.visibility, r.created_at,
+                    EXISTS (SELECT 1 FROM users u WHERE u.id = ?4 AND u.username = {NS_OF_R}),
+                    (SELECT m.role FROM org_members m JOIN namespaces n ON n.id = m.org_id
+                     WHERE m.user_id = ?4 AND n.name = {NS_OF_R} AND n.kind = 'org' AND n.deleted_at IS NULL),
+                    (SELECT p.permission FROM repo_permissions p
+                     WHERE p.repo_id = r.id AND p.subject_kind = 'user' AND p.subject_id = ?4),
+                    (SELECT MAX({team_rank}) FROM repo_permissions p JOIN team_members t ON t.team_id = p.subject_id
+                     WHERE p.repo_id = r.id AND p.subject_kind = 'team' AND t.user_id = ?4)
+                 FROM repositories r
                  WHERE r.name > ?1 AND (?2 IS NULL OR {NS_OF_R} = ?2) AND (
-                    ?3 = 1
-                    OR r.visibility = 'public'
-                    OR EXISTS (SELECT 1 FROM users u WHERE u.id = ?4 AND u.username = {NS_OF_R})
-                    OR EXISTS (SELECT 1 FROM org_members m JOIN namespaces n ON n.id = m.org_id
-                               WHERE m.user_id = ?4 AND n.name = {NS_OF_R} AND m.role IN ('owner', 'admin'))
-                    OR EXISTS (SELECT 1 FROM repo_permissions p WHERE p.repo_id = r.id
-                               AND p.subject_kind = 'user' AND p.subject_id = ?4)
-                    OR EXISTS (SELECT 1 FROM repo_permissions p JOIN team_members t ON t.team_id = p.subject_id
-                               WHERE p.repo_id = r.id AND p.subject_kind = 'team' AND t.user_id = ?4))
+                    r.visibility = 'public'
+                    OR ((?6 IS NULL OR {NS_OF_R} = ?6) AND (?7 IS NULL OR r.name = ?7) AND (
+                       ?3 = 1
+                       OR EXISTS (SELECT 1 FROM users u WHERE u.id = ?4 AND u.username = {NS_OF_R})
+                       OR EXISTS (SELECT 1 FROM org_members m JOIN namespaces n ON n.id = m.org_id
+                                  WHERE m.user_id = ?4 AND n.name = {NS_OF_R} AND m.role IN ('owner', 'admin'))
+                       OR EXISTS (SELECT 1 FROM repo_permissions p WHERE p.repo_id = r.id
+                                  AND p.subject_kind = 'user' AND p.subject_id = ?4)
+                       OR EXISTS (SELECT 1 FROM repo_permissions p JOIN team_members t ON t.team_id = p.subject_id
+                                  WHERE p.repo_id = r.id AND p.subject_kind = 'team' AND t.user_id = ?4))))
                  ORDER BY r.name LIMIT ?5"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![after, namespace, i64::from(all), user, limit], repo_summary)?;
+            let rows = stmt.query_map(params![after, namespace, all, user, limit, key_ns, key_repo], |r| {
+                let summary = repo_summary(r)?;
+                let facts = RepoFacts {
+                    exists: true,
+                    public: summary.visibility == Visibility::Public,
+                    namespace: None,
+                    owns_namespace: r.get(3)?,
+                    org_role: r.get(4)?,
+                    user_grant: r.get(5)?,
+                    team_grants: permission_of_rank(r.get(6)?).into_iter().collect(),
+                };
+                Ok(ListedRepo { summary, facts })
+            })?;
             rows.collect()
         })
         .await
