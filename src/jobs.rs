@@ -28,6 +28,8 @@ use crate::service::{self, Registry, WorkItem};
 mod discard;
 mod prune;
 mod purge;
+#[cfg(test)]
+mod runs;
 
 /// Where a runner takes the time from.
 #[derive(Clone, Debug)]
@@ -101,6 +103,9 @@ pub struct Settings {
     pub batch: u32,
     /// Attempts before an item is buried.
     pub max_attempts: i64,
+    /// Test only (`jobs.test_hold_claims_ms`): how long a consumer waits between claiming items
+    /// and carrying them out; zero in production.
+    pub hold_claims: Duration,
 }
 
 impl Settings {
@@ -111,6 +116,7 @@ impl Settings {
             claim_lease: Duration::from_secs(config.jobs.claim_lease_seconds),
             batch: config.jobs.batch_size,
             max_attempts: i64::from(config.jobs.max_attempts),
+            hold_claims: Duration::from_millis(config.jobs.test_hold_claims_ms),
         }
     }
 }
@@ -296,6 +302,17 @@ impl Runner {
             claimed: items.len(),
             ..Pass::default()
         };
+        if !items.is_empty() && !self.settings.hold_claims.is_zero() {
+            // Process tests kill a node here, while it holds the claims.
+            tracing::warn!(
+                job = topic,
+                node.id = %self.node,
+                claimed = items.len(),
+                hold_ms = self.settings.hold_claims.as_millis(),
+                "holding claimed work items (jobs.test_hold_claims_ms)"
+            );
+            tokio::time::sleep(self.settings.hold_claims).await;
+        }
         for item in &items {
             let span = tracing::info_span!(
                 "job",
