@@ -152,6 +152,21 @@ impl SqliteStore {
         .map_err(|e| Error::Database(Box::new(e)))?
     }
 
+    /// Moves an upload session's last activity `by_ms` into the past (tests: a session left idle
+    /// for that long, without waiting).
+    #[cfg(test)]
+    pub(crate) async fn backdate_upload(&self, id: &str, by_ms: i64) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE uploads SET updated_at = updated_at - ?1 WHERE id = ?2",
+                params![by_ms, id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// Runs `f` on a reader connection on the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
