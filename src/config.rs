@@ -51,6 +51,15 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     /// How long change records are kept, in hours.
     pub change_retention_hours: u64,
+    /// Test only (hidden; 0, the default, turns it off): how long a queue consumer waits after
+    /// claiming items before it carries them out, in milliseconds. Process tests use it to kill a
+    /// node while it holds claims. Never set it in production: claimed items wait that long.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub test_hold_claims_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Default for JobsConfig {
@@ -61,6 +70,7 @@ impl Default for JobsConfig {
             batch_size: 32,
             max_attempts: 10,
             change_retention_hours: 168,
+            test_hold_claims_ms: 0,
         }
     }
 }

@@ -28,6 +28,8 @@ use crate::service::{self, Registry, WorkItem};
 mod discard;
 mod prune;
 mod purge;
+#[cfg(test)]
+mod runs;
 
 /// Where a runner takes the time from.
 #[derive(Clone, Debug)]
@@ -101,6 +103,9 @@ pub struct Settings {
     pub batch: u32,
     /// Attempts before an item is buried.
     pub max_attempts: i64,
+    /// Test only (`jobs.test_hold_claims_ms`): how long a consumer waits between claiming items
+    /// and carrying them out; zero in production.
+    pub hold_claims: Duration,
 }
 
 impl Settings {
@@ -111,6 +116,7 @@ impl Settings {
             claim_lease: Duration::from_secs(config.jobs.claim_lease_seconds),
             batch: config.jobs.batch_size,
             max_attempts: i64::from(config.jobs.max_attempts),
+            hold_claims: Duration::from_millis(config.jobs.test_hold_claims_ms),
         }
     }
 }
@@ -163,6 +169,19 @@ const RETRY_CAP: Duration = Duration::from_secs(600);
 pub(crate) fn retry_delay(attempts: i64) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
     RETRY_BASE.saturating_mul(1u32 << exp).min(RETRY_CAP)
+}
+
+/// An error with its sources (`internal error: unreadable discard payload: …`): what a dead letter
+/// records as its last error and what the logs show, so an operator sees the cause.
+fn error_chain(e: &service::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn millis(d: Duration) -> i64 {
@@ -265,7 +284,7 @@ impl Runner {
             match &outcome {
                 Ok(Some(n)) if *n > 0 => tracing::info!(job = job.name(), done = n, "job ran"),
                 Err(e) => {
-                    tracing::warn!(job = job.name(), error = %e, "job failed; trying again later")
+                    tracing::warn!(job = job.name(), error = %error_chain(e), "job failed; trying again later")
                 }
                 _ => {}
             }
@@ -296,6 +315,17 @@ impl Runner {
             claimed: items.len(),
             ..Pass::default()
         };
+        if !items.is_empty() && !self.settings.hold_claims.is_zero() {
+            // Process tests kill a node here, while it holds the claims.
+            tracing::warn!(
+                job = topic,
+                node.id = %self.node,
+                claimed = items.len(),
+                hold_ms = self.settings.hold_claims.as_millis(),
+                "holding claimed work items (jobs.test_hold_claims_ms)"
+            );
+            tokio::time::sleep(self.settings.hold_claims).await;
+        }
         for item in &items {
             let span = tracing::info_span!(
                 "job",
@@ -315,7 +345,7 @@ impl Runner {
                     let now = self.clock.now(&self.registry).await?;
                     let last = item.attempts >= self.settings.max_attempts;
                     let retry_at = (!last).then(|| now + millis(retry_delay(item.attempts)));
-                    let error = e.to_string();
+                    let error = error_chain(&e);
                     self.registry
                         .fail_work(item, &self.node, now, &error, retry_at)
                         .await?;
@@ -384,11 +414,16 @@ async fn periodic_loop(
     job: Arc<dyn Periodic>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    // Nodes started together spread their first run over the first interval (at most a minute).
-    let first = job
-        .interval()
-        .mul_f64(rand::random::<f64>())
-        .min(Duration::from_secs(60));
+    // Nodes started together spread the first run of an exclusive job over the first interval
+    // (at most a minute); a job every node runs (the queue gauges) runs at once, so a node
+    // publishes its gauges from the start.
+    let first = if job.exclusive() {
+        job.interval()
+            .mul_f64(rand::random::<f64>())
+            .min(Duration::from_secs(60))
+    } else {
+        Duration::ZERO
+    };
     let mut next = tokio::time::Instant::now() + first;
     loop {
         tokio::select! {
@@ -477,5 +512,16 @@ mod tests {
         assert_eq!(retry_delay(4), Duration::from_secs(8));
         assert_eq!(retry_delay(30), RETRY_CAP);
         assert_eq!(retry_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn recorded_errors_name_their_cause() {
+        let e = service::Error::Internal(anyhow::anyhow!("unreadable discard payload"));
+        assert_eq!(
+            error_chain(&e),
+            "internal error: unreadable discard payload"
+        );
+        let e = service::Error::Unavailable("database down".into());
+        assert_eq!(error_chain(&e), "service unavailable: database down");
     }
 }

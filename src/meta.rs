@@ -464,8 +464,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     async fn delete_stale_upload(&self, id: &str, before: i64) -> Result<bool>;
 
     /// Starts an upload session for `owner` (creating the repository) unless `owner` already has
-    /// `max_active` sessions that advanced at or after `active_since` (milliseconds); the count
-    /// and the insert are one transaction, so concurrent starts never exceed the bound.
+    /// `max_active` sessions that advanced at or after `active_since` (milliseconds). SQLite
+    /// counts and inserts in one transaction (exact); PostgreSQL counts in a snapshot before the
+    /// insert, so that concurrent sessions of one user never abort each other, and starts racing
+    /// at the boundary may overshoot it by their number.
     async fn create_upload_bounded(
         &self,
         repo: &RepoName,

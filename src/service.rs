@@ -22,7 +22,7 @@ mod listing;
 mod manifests;
 mod tenancy;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod throttle;
 mod uploads;
 mod views;

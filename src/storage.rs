@@ -200,6 +200,12 @@ impl Storage {
         Ok(())
     }
 
+    /// The objects stored under an upload's prefix (tests: what a discard left behind).
+    #[cfg(test)]
+    pub(crate) async fn upload_objects(&self, upload_id: &str) -> Result<Vec<String>> {
+        Ok(self.store.list(&Self::upload_prefix(upload_id)).await?)
+    }
+
     /// Checks that the backend answers.
     pub async fn check(&self) -> Result<()> {
         Ok(self.store.check().await?)

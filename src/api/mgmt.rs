@@ -1,5 +1,6 @@
 //! The management REST API under `/api/v1` (JSON): users, organizations, members, teams,
-//! repositories and their permissions, API keys, and the OpenAPI document describing all of it.
+//! repositories and their permissions, API keys, the work queue's dead letters (site admins), and
+//! the OpenAPI document describing all of it.
 //!
 //! One table ([`Op`]) names every operation with its method and path; the router and the OpenAPI
 //! document are both built from it, so neither can serve or document a route the other lacks.
@@ -30,6 +31,7 @@ use super::{ApiState, public_base, quoted};
 use crate::oci::RepoName;
 use crate::service::{Identity, Registry};
 
+mod admin;
 pub(crate) mod error;
 mod keys;
 mod openapi;
@@ -149,6 +151,10 @@ operations! {
     RevokeUserPermission => DELETE "/repos/{repo}/permissions/user/{username}";
     /// Revokes a team's grant.
     RevokeTeamGrant => DELETE "/repos/{repo}/permissions/team/{team}";
+    /// Lists dead letters of the work queue.
+    ListBuriedWork => GET "/admin/work/buried";
+    /// Makes a dead letter due again.
+    RequeueWork => POST "/admin/work/requeue";
     /// This API's OpenAPI document.
     GetOpenapi => GET "/openapi.json";
 }
@@ -204,6 +210,8 @@ impl Op {
                 delete(repos::delete_repo_or_grant)
             }
             Op::GrantRepoPermission => put(repos::grant_repo_permission),
+            Op::ListBuriedWork => get(admin::list_buried_work),
+            Op::RequeueWork => post(admin::requeue_work),
             Op::GetOpenapi => get(openapi::get_openapi),
         }
     }

@@ -139,8 +139,8 @@ pub enum Change {
     /// Membership of an organization or one of its teams changed, or a team was created or
     /// deleted.
     MembershipChanged {
-        /// Organization name.
-        org: String,
+        /// The organization's or team's id.
+        group: String,
     },
     /// An API key or refresh token was created or revoked.
     CredentialChanged {
@@ -377,8 +377,9 @@ mod tests {
         };
         let json = serde_json::to_string(&c).unwrap_or_default();
         assert!(json.contains("\"kind\":\"tag_deleted\""), "{json}");
-        let back: Change =
-            serde_json::from_str(&json).unwrap_or(Change::MembershipChanged { org: String::new() });
+        let back: Change = serde_json::from_str(&json).unwrap_or(Change::MembershipChanged {
+            group: String::new(),
+        });
         assert_eq!(back, c);
     }
 }

@@ -1576,6 +1576,9 @@ async fn body(name: &str, meta: Arc<dyn MetaStore>, ids: Arc<dyn IdentityStore>)
         "ending_uploads_and_repositories_leaves_nothing_behind" => {
             queue::ending_uploads_and_repositories_leaves_nothing_behind(meta).await;
         }
+        "every_identity_write_records_its_changes" => {
+            queue::every_identity_write_records_its_changes(meta, ids).await;
+        }
         "users_share_one_namespace_and_list_in_byte_order" => {
             users_share_one_namespace_and_list_in_byte_order(ids.as_ref()).await;
         }
@@ -1760,6 +1763,7 @@ conformance!(
     every_content_write_records_its_changes,
     finishing_decides_reuse_in_its_transaction,
     ending_uploads_and_repositories_leaves_nothing_behind,
+    every_identity_write_records_its_changes,
     users_share_one_namespace_and_list_in_byte_order,
     orgs_teams_and_memberships,
     repository_access_facts_and_grants,

@@ -448,8 +448,13 @@ impl PostgresStore {
         E: BodyError,
         F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, std::result::Result<T, E>> + Sync,
     {
-        // Counted once per use (not per retry), so tests can show a path does no database work.
-        metrics::counter!("aerugo_db_queries_total", "op" => op).increment(1);
+        // Counted once per use (not per retry), so tests can show a path does no database work;
+        // the background jobs' queue, lease and clock queries are counted apart.
+        if mode == Mode::Queue || queue::is_background_op(op) {
+            metrics::counter!("aerugo_db_queue_queries_total", "op" => op).increment(1);
+        } else {
+            metrics::counter!("aerugo_db_queries_total", "op" => op).increment(1);
+        }
         let mut attempt = 0;
         let kind = match mode {
             Mode::Write => "write",
@@ -603,6 +608,37 @@ impl PostgresStore {
         F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, SqlResult<T>> + Sync,
     {
         self.run(op, Mode::Write, ctx, body).await
+    }
+
+    /// Runs `body` like [`Self::write`], recording `change` in the same transaction when
+    /// `changed` says the write changed something (the helper the identity store's writes share).
+    async fn write_changed<C, T, F>(
+        &self,
+        change: Change,
+        changed: fn(&T) -> bool,
+        op: &'static str,
+        ctx: C,
+        body: F,
+    ) -> Result<T>
+    where
+        C: Sync,
+        T: Send + 'static,
+        F: for<'t> Fn(&'t Tx<'t>, &'t C) -> BoxFuture<'t, PgResult<T>> + Sync,
+    {
+        self.write_sql(
+            op,
+            (ctx, change, &body, changed),
+            |tx, (ctx, change, body, changed)| {
+                Box::pin(async move {
+                    let out = body(tx, ctx).await?;
+                    if changed(&out) {
+                        record(tx, std::slice::from_ref(change)).await?;
+                    }
+                    Ok(out)
+                })
+            },
+        )
+        .await
     }
 
     /// Applies the migrations not yet recorded.
@@ -1765,27 +1801,39 @@ impl MetaStore for PostgresStore {
     ) -> Result<super::UploadAdmission> {
         let repo = repo.as_str();
         let max_active = i64::try_from(max_active).unwrap_or(i64::MAX);
+        // The count is read in a snapshot of its own, outside the SERIALIZABLE insert: counting
+        // inside it put every session of the owner into the insert's read set, so concurrent
+        // starts and chunks of one user (a CI robot pushing layers in parallel) aborted each
+        // other until they gave up. Starts racing at the boundary may overshoot it by their
+        // number; SQLite, with its single writer, stays exact.
+        let (active, oldest) = self
+            .read(
+                "count_active_uploads",
+                (owner, active_since),
+                |tx, &(owner, active_since)| {
+                    Box::pin(async move {
+                        let row = opt(
+                            tx,
+                            "SELECT COUNT(*), MIN(updated_at) FROM uploads
+                             WHERE owner = $1 AND updated_at >= $2",
+                            &[&owner, &active_since],
+                        )
+                        .await?;
+                        Ok(row.map_or((0, None), |r| (r.get::<_, i64>(0), r.get(1))))
+                    })
+                },
+            )
+            .await?;
+        if active >= max_active {
+            return Ok(super::UploadAdmission::Full {
+                oldest_updated_at: oldest.unwrap_or(active_since),
+            });
+        }
         self.write_sql(
             "create_upload_bounded",
-            (repo, id, hash_state, owner, active_since, max_active),
-            |tx, &(repo, id, hash_state, owner, active_since, max_active)| {
+            (repo, id, hash_state, owner),
+            |tx, &(repo, id, hash_state, owner)| {
                 Box::pin(async move {
-                    // SERIALIZABLE: two starts that both read a count below the bound and both
-                    // insert conflict, and one of them retries and sees the other's session.
-                    let row = opt(
-                        tx,
-                        "SELECT COUNT(*), MIN(updated_at) FROM uploads
-                         WHERE owner = $1 AND updated_at >= $2",
-                        &[&owner, &active_since],
-                    )
-                    .await?;
-                    let (active, oldest): (i64, Option<i64>) =
-                        row.map_or((0, None), |r| (r.get(0), r.get(1)));
-                    if active >= max_active {
-                        return Ok(super::UploadAdmission::Full {
-                            oldest_updated_at: oldest.unwrap_or(active_since),
-                        });
-                    }
                     let mut changes = Vec::new();
                     let repo_id = ensure_repo(tx, repo, &mut changes).await?;
                     let now = now_millis();

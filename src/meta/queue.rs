@@ -526,6 +526,26 @@ impl Op {
     }
 }
 
+/// Whether `name` is an [`Op`]'s name: queries of the background jobs, counted apart from the
+/// requests' (`aerugo_db_queue_queries_total`).
+pub(crate) fn is_background_op(name: &str) -> bool {
+    matches!(
+        name,
+        "db_now"
+            | "enqueue_work"
+            | "claim_work"
+            | "complete_work"
+            | "fail_work"
+            | "queue_stats"
+            | "buried_work"
+            | "requeue_work"
+            | "try_acquire_lease"
+            | "release_lease"
+            | "prune_changes"
+            | "recent_changes"
+    )
+}
+
 /// Runs `op` in the transaction `db`.
 pub(crate) async fn run<D: Db>(db: &mut D, op: &Op) -> SqlResult<Out> {
     Ok(match op {

@@ -152,6 +152,21 @@ impl SqliteStore {
         .map_err(|e| Error::Database(Box::new(e)))?
     }
 
+    /// Moves an upload session's last activity `by_ms` into the past (tests: a session left idle
+    /// for that long, without waiting).
+    #[cfg(test)]
+    pub(crate) async fn backdate_upload(&self, id: &str, by_ms: i64) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE uploads SET updated_at = updated_at - ?1 WHERE id = ?2",
+                params![by_ms, id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// Runs `f` on a reader connection on the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
@@ -159,6 +174,16 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         metrics::counter!("aerugo_db_queries_total", "op" => "read").increment(1);
+        self.read_uncounted(f).await
+    }
+
+    /// [`Self::read`] without the request-query count (the background jobs' queries are
+    /// counted apart).
+    async fn read_uncounted<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().map_err(poisoned)?.pop();
@@ -184,6 +209,15 @@ impl SqliteStore {
         F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
         metrics::counter!("aerugo_db_queries_total", "op" => "write").increment(1);
+        self.write_uncounted(f).await
+    }
+
+    /// [`Self::write`] without the request-query count.
+    async fn write_uncounted<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().map_err(poisoned)?;
@@ -265,6 +299,25 @@ fn block<T>(work: impl std::future::Future<Output = SqlResult<T>>) -> rusqlite::
 /// Records a write's changes (and their work) in its transaction.
 fn record(tx: &Connection, changes: &[Change]) -> rusqlite::Result<()> {
     block(changes::record(&mut LiteDb(tx), changes, now_millis()))
+}
+
+impl SqliteStore {
+    /// Runs `f` like [`Self::write`], recording `change` in the same transaction when `changed`
+    /// says the write changed something (the helper the identity store's writes share).
+    async fn write_changed<T, F>(&self, change: Change, changed: fn(&T) -> bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write(move |tx| {
+            let out = f(tx)?;
+            if changed(&out) {
+                record(tx, std::slice::from_ref(&change))?;
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
@@ -987,11 +1040,12 @@ impl MetaStore for SqliteStore {
     }
 
     async fn queue(&self, op: Op) -> Result<Out> {
+        metrics::counter!("aerugo_db_queue_queries_total", "op" => op.name()).increment(1);
         if op.mode() == OpMode::Read {
-            self.read(move |c| block(queue::run(&mut LiteDb(c), &op)))
+            self.read_uncounted(move |c| block(queue::run(&mut LiteDb(c), &op)))
                 .await
         } else {
-            self.write(move |tx| block(queue::run(&mut LiteDb(tx), &op)))
+            self.write_uncounted(move |tx| block(queue::run(&mut LiteDb(tx), &op)))
                 .await
         }
     }

@@ -18,6 +18,7 @@ use crate::auth::{KeySet, generate_signing_pem};
 use crate::config::{CacheConfig, Secret, StorageConfig, StorageType};
 use crate::meta::identity::{IdentityStore, NewUser, Visibility};
 use crate::meta::sqlite::SqliteStore;
+use crate::meta::{MetaStore as _, NewWork};
 use crate::oci::{Digest, RepoName};
 use crate::storage::Storage;
 
@@ -116,6 +117,56 @@ impl Harness {
             .await
             .expect("push manifest");
         digest
+    }
+
+    /// The objects stored under upload session `id`'s prefix.
+    pub(crate) async fn upload_objects(&self, id: &str) -> Vec<String> {
+        self.cluster
+            .storage
+            .upload_objects(id)
+            .await
+            .expect("list upload objects")
+    }
+
+    /// Makes upload session `id` look idle for `by` longer than it is.
+    pub(crate) async fn backdate_upload(&self, id: &str, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).expect("a short duration");
+        self.store
+            .backdate_upload(id, ms)
+            .await
+            .expect("backdate upload");
+    }
+
+    /// Queues work outside any write (a test consumer's topic), at `now`.
+    pub(crate) async fn enqueue(&self, topic: &str, key: &str, payload: &str, now: i64) {
+        self.store
+            .enqueue_work(
+                vec![NewWork {
+                    topic: topic.into(),
+                    key: key.into(),
+                    payload: payload.into(),
+                    delay_ms: 0,
+                }],
+                now,
+            )
+            .await
+            .expect("enqueue work");
+    }
+
+    /// Starts an upload session in `repo` holding one chunk of `bytes`; returns its id.
+    pub(crate) async fn started_upload(&self, repo: &RepoName, bytes: &[u8]) -> String {
+        let principal = crate::service::Principal::User(Self::admin());
+        let status = self
+            .registry
+            .start_upload(&principal, repo, crate::oci::DigestAlgorithm::Sha256)
+            .await
+            .expect("start upload");
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(bytes))]);
+        self.registry
+            .append_upload(repo, &status.id, None, Some(bytes.len() as u64), body)
+            .await
+            .expect("append a chunk");
+        status.id
     }
 
     /// Uploads `bytes` as a blob of `repo` (monolithic upload) and returns its digest.

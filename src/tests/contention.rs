@@ -142,7 +142,12 @@ async fn three_nodes_one_database_stay_consistent() {
         }
     }
     for t in tasks {
-        t.await.expect("a client task");
+        if let Err(e) = t.await {
+            for node in &set.nodes {
+                eprintln!("--- node log\n{}", node.log());
+            }
+            panic!("a client task: {e:?}");
+        }
     }
     let elapsed = started.elapsed();
 

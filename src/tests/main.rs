@@ -14,6 +14,7 @@ mod contention;
 mod credentials;
 mod faults;
 mod hardening;
+mod jobs;
 mod listing;
 mod manifests;
 mod mgmt;

@@ -333,6 +333,22 @@ fn describe(op: Op) -> OpDoc {
             204,
             Empty,
         ),
+        Op::ListBuriedWork => doc(
+            "admin",
+            "List the work queue's dead letters, optionally of one topic (site admins); `last` is `<topic>/<key>`",
+            Required,
+            None,
+            200,
+            Page("BuriedWork"),
+        ),
+        Op::RequeueWork => doc(
+            "admin",
+            "Make a dead letter due again with its attempts reset (site admins)",
+            Required,
+            Some("RequeueRequest"),
+            204,
+            Empty,
+        ),
         Op::GetOpenapi => doc(
             "meta",
             "This OpenAPI document",
@@ -395,6 +411,13 @@ fn operation(op: Op) -> Value {
             params.push(json!({
                 "name": "namespace", "in": "query", "required": false,
                 "description": "only repositories in this namespace",
+                "schema": { "type": "string" },
+            }));
+        }
+        if op == Op::ListBuriedWork {
+            params.push(json!({
+                "name": "topic", "in": "query", "required": false,
+                "description": "only dead letters of this topic (e.g. `discard-objects`)",
                 "schema": { "type": "string" },
             }));
         }
@@ -584,6 +607,12 @@ fn schemas() -> Value {
             "id": string(), "service": string(), "client_id": string(), "created_at": time(),
             "last_used_at": time(), "expires_at": time(),
         })),
+        "BuriedWork": object(&["topic", "key", "attempts", "buried_at", "payload"], json!({
+            "topic": string(), "key": string(), "attempts": { "type": "integer" },
+            "last_error": string(), "buried_at": time(),
+            "payload": { "type": "string", "description": "what the consumer was given (JSON text)" },
+        })),
+        "RequeueRequest": object(&["topic", "key"], json!({ "topic": string(), "key": string() })),
         "OpenApiDocument": { "type": "object" },
     })
 }

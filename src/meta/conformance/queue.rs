@@ -435,3 +435,133 @@ pub(crate) async fn ending_uploads_and_repositories_leaves_nothing_behind(
     assert!(!s.repository_exists(&p).await.unwrap());
     assert_eq!(take_discards(s).await.len(), 1);
 }
+
+/// The kind of the newest change record.
+async fn latest_kind(s: &dyn MetaStore) -> &'static str {
+    s.recent_changes(1)
+        .await
+        .unwrap()
+        .first()
+        .map_or("none", Change::kind)
+}
+
+/// Every identity write records what it changed; writes that change nothing record nothing.
+pub(crate) async fn every_identity_write_records_its_changes(
+    meta: Arc<dyn MetaStore>,
+    ids: Arc<dyn crate::meta::identity::IdentityStore>,
+) {
+    use crate::meta::identity::{ApiKeyRow, GrantSubject, RefreshTokenRow, UserUpdate, Visibility};
+    let (s, ids) = (meta.as_ref(), ids.as_ref());
+    let ada = super::user(ids, "ada").await;
+    assert_eq!(latest_kind(s).await, "user_changed");
+    let org = ids
+        .create_org("lab", &ada.id, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest_kind(s).await, "org_changed");
+    let bob = super::user(ids, "bob").await;
+    ids.set_org_member(&org.id, &bob.id, "member")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.recent_changes(1).await.unwrap()[0],
+        Change::MembershipChanged {
+            group: org.id.clone()
+        }
+    );
+    let team = ids.create_team(&org.id, "core").await.unwrap().unwrap();
+    ids.add_team_member(&team.id, &bob.id).await.unwrap();
+    assert_eq!(latest_kind(s).await, "membership_changed");
+    let r = repo("lab/app");
+    push_blob(s, &r, "identity-blob", 1).await;
+    ids.set_visibility("lab/app", Visibility::Public)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.recent_changes(1).await.unwrap()[0],
+        Change::VisibilityChanged {
+            repo: "lab/app".into(),
+            visibility: "public".into(),
+        }
+    );
+    let to_bob = GrantSubject::User(bob.id.clone());
+    assert!(ids.grant("lab/app", &to_bob, "write").await.unwrap());
+    assert_eq!(
+        s.recent_changes(1).await.unwrap()[0],
+        Change::GrantChanged {
+            repo: "lab/app".into(),
+            subject_kind: "user".into(),
+            subject: bob.id.clone(),
+        }
+    );
+    // Nothing changed, nothing recorded.
+    let before = s.recent_changes(1).await.unwrap();
+    assert!(
+        !ids.revoke("lab/app", &GrantSubject::User("nobody".into()))
+            .await
+            .unwrap()
+    );
+    assert!(!ids.remove_team_member(&team.id, "nobody").await.unwrap());
+    assert_eq!(s.recent_changes(1).await.unwrap(), before);
+    assert!(ids.revoke("lab/app", &to_bob).await.unwrap());
+    assert_eq!(latest_kind(s).await, "grant_changed");
+    let key = ApiKeyRow {
+        id: "k1".into(),
+        user_id: bob.id.clone(),
+        name: "ci".into(),
+        secret_hash: vec![1; 32],
+        scope_kind: "all".into(),
+        scope_name: String::new(),
+        permission: "read".into(),
+        expires_at: None,
+        revoked_at: None,
+        created_at: now_millis(),
+    };
+    assert!(ids.create_api_key(&key).await.unwrap());
+    assert_eq!(
+        s.recent_changes(1).await.unwrap()[0],
+        Change::CredentialChanged {
+            user: bob.id.clone(),
+            credential: "api_key".into(),
+        }
+    );
+    assert!(ids.revoke_api_key(&bob.id, "k1").await.unwrap());
+    assert_eq!(latest_kind(s).await, "credential_changed");
+    let token = RefreshTokenRow {
+        id: "rt1".into(),
+        user_id: bob.id.clone(),
+        service: "aerugo".into(),
+        secret_hash: vec![2; 32],
+        expires_at: now_millis() + 60_000,
+        client_id: "docker".into(),
+        created_at: now_millis(),
+        last_used_at: None,
+    };
+    ids.create_refresh_token(&token).await.unwrap();
+    assert!(ids.delete_refresh_token(&bob.id, "rt1").await.unwrap());
+    assert_eq!(latest_kind(s).await, "credential_changed");
+    let update = UserUpdate {
+        password_hash: Some("new-hash".into()),
+        ..UserUpdate::default()
+    };
+    assert!(ids.update_user(&bob.id, &update).await.unwrap());
+    assert_eq!(
+        s.recent_changes(1).await.unwrap()[0],
+        Change::UserChanged {
+            user: bob.id.clone(),
+            what: "updated".into(),
+        }
+    );
+    assert!(ids.remove_org_member(&org.id, &bob.id).await.unwrap());
+    assert!(ids.delete_team(&team.id).await.unwrap());
+    assert_eq!(latest_kind(s).await, "membership_changed");
+    assert_eq!(ids.delete_user(&bob.id).await.unwrap(), Ok(true));
+    assert_eq!(
+        s.recent_changes(1).await.unwrap()[0],
+        Change::UserChanged {
+            user: bob.id.clone(),
+            what: "deleted".into(),
+        }
+    );
+}

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::{PostgresStore, Tx, all, exec, name_of, opt, repo_id};
+use crate::meta::changes::Change;
 use crate::meta::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, ListedOrg, ListedRepo, LoginAdmission,
     LoginLimit, MemberRow, NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow,
@@ -203,7 +204,10 @@ impl IdentityStore for PostgresStore {
         &self,
         user: &NewUser,
     ) -> Result<std::result::Result<UserRow, NameConflict>> {
-        self.write("create_user", user, |tx, &user| {
+        self.write_changed(
+            Change::UserChanged { user: user.username.to_string(), what: "created".to_owned() },
+            std::result::Result::is_ok,
+            "create_user", user, |tx, &user| {
             Box::pin(async move {
                 if let Err(conflict) = claim_name(tx, &user.username, user.adopt).await? {
                     return Ok(Err(conflict));
@@ -285,30 +289,42 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<bool> {
-        self.write("update_user", (id, update), |tx, &(id, u)| {
-            Box::pin(async move {
-                let n = exec(
-                    tx,
-                    "UPDATE users SET email = coalesce($2, email),
+        self.write_changed(
+            Change::UserChanged {
+                user: id.to_string(),
+                what: "updated".to_owned(),
+            },
+            |n| *n,
+            "update_user",
+            (id, update),
+            |tx, &(id, u)| {
+                Box::pin(async move {
+                    let n = exec(
+                        tx,
+                        "UPDATE users SET email = coalesce($2, email),
                         password_hash = coalesce($3, password_hash),
                         is_admin = coalesce($4, is_admin), updated_at = $5,
                         credential_generation = credential_generation
                             + CASE WHEN $3::TEXT IS NULL THEN 0 ELSE 1 END
                      WHERE id = $1",
-                    &[&id, &u.email, &u.password_hash, &u.is_admin, &now_millis()],
-                )
-                .await?;
-                if n > 0 && u.password_hash.is_some() {
-                    exec(tx, "DELETE FROM refresh_tokens WHERE user_id = $1", &[&id]).await?;
-                }
-                Ok(n > 0)
-            })
-        })
+                        &[&id, &u.email, &u.password_hash, &u.is_admin, &now_millis()],
+                    )
+                    .await?;
+                    if n > 0 && u.password_hash.is_some() {
+                        exec(tx, "DELETE FROM refresh_tokens WHERE user_id = $1", &[&id]).await?;
+                    }
+                    Ok(n > 0)
+                })
+            },
+        )
         .await
     }
 
     async fn delete_user(&self, id: &str) -> Result<std::result::Result<bool, String>> {
-        self.write("delete_user", id, |tx, &id| {
+        self.write_changed(
+            Change::UserChanged { user: id.to_string(), what: "deleted".to_owned() },
+            |r| matches!(r, Ok(true)),
+            "delete_user", id, |tx, &id| {
             Box::pin(async move {
                 let Some(row) = opt(
                     tx,
@@ -357,7 +373,10 @@ impl IdentityStore for PostgresStore {
         owner: &str,
         adopt: bool,
     ) -> Result<std::result::Result<OrgRow, NameConflict>> {
-        self.write("create_org", (name, owner, adopt), |tx, &(name, owner, adopt)| {
+        self.write_changed(
+            Change::OrgChanged { org: name.to_string(), what: "created".to_owned() },
+            std::result::Result::is_ok,
+            "create_org", (name, owner, adopt), |tx, &(name, owner, adopt)| {
             Box::pin(async move {
                 if let Err(conflict) = claim_name(tx, name, adopt).await? {
                     return Ok(Err(conflict));
@@ -445,7 +464,10 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn delete_org(&self, id: &str) -> Result<std::result::Result<bool, String>> {
-        self.write("delete_org", id, |tx, &id| {
+        self.write_changed(
+            Change::OrgChanged { org: id.to_string(), what: "deleted".to_owned() },
+            |r| matches!(r, Ok(true)),
+            "delete_org", id, |tx, &id| {
             Box::pin(async move {
                 let Some(row) = opt(
                     tx,
@@ -474,7 +496,11 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn set_org_member(&self, org: &str, user: &str, role: &str) -> Result<()> {
-        self.write(
+        self.write_changed(
+            Change::MembershipChanged {
+                group: org.to_string(),
+            },
+            |()| true,
             "set_org_member",
             (org, user, role),
             |tx, &(org, user, role)| {
@@ -495,24 +521,32 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn remove_org_member(&self, org: &str, user: &str) -> Result<bool> {
-        self.write("remove_org_member", (org, user), |tx, &(org, user)| {
-            Box::pin(async move {
-                exec(
-                    tx,
-                    "DELETE FROM team_members WHERE user_id = $2
+        self.write_changed(
+            Change::MembershipChanged {
+                group: org.to_string(),
+            },
+            |n| *n,
+            "remove_org_member",
+            (org, user),
+            |tx, &(org, user)| {
+                Box::pin(async move {
+                    exec(
+                        tx,
+                        "DELETE FROM team_members WHERE user_id = $2
                        AND team_id IN (SELECT id FROM teams WHERE org_id = $1)",
-                    &[&org, &user],
-                )
-                .await?;
-                let n = exec(
-                    tx,
-                    "DELETE FROM org_members WHERE org_id = $1 AND user_id = $2",
-                    &[&org, &user],
-                )
-                .await?;
-                Ok(n > 0)
-            })
-        })
+                        &[&org, &user],
+                    )
+                    .await?;
+                    let n = exec(
+                        tx,
+                        "DELETE FROM org_members WHERE org_id = $1 AND user_id = $2",
+                        &[&org, &user],
+                    )
+                    .await?;
+                    Ok(n > 0)
+                })
+            },
+        )
         .await
     }
 
@@ -535,23 +569,31 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn create_team(&self, org: &str, name: &str) -> Result<Option<TeamRow>> {
-        self.write("create_team", (org, name), |tx, &(org, name)| {
-            Box::pin(async move {
-                let id = new_id();
-                let n = exec(
-                    tx,
-                    "INSERT INTO teams (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)
+        self.write_changed(
+            Change::MembershipChanged {
+                group: org.to_string(),
+            },
+            Option::is_some,
+            "create_team",
+            (org, name),
+            |tx, &(org, name)| {
+                Box::pin(async move {
+                    let id = new_id();
+                    let n = exec(
+                        tx,
+                        "INSERT INTO teams (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (org_id, name) DO NOTHING",
-                    &[&id, &org, &name.as_bytes(), &now_millis()],
-                )
-                .await?;
-                Ok((n > 0).then(|| TeamRow {
-                    id,
-                    org_id: org.to_owned(),
-                    name: name.to_owned(),
-                }))
-            })
-        })
+                        &[&id, &org, &name.as_bytes(), &now_millis()],
+                    )
+                    .await?;
+                    Ok((n > 0).then(|| TeamRow {
+                        id,
+                        org_id: org.to_owned(),
+                        name: name.to_owned(),
+                    }))
+                })
+            },
+        )
         .await
     }
 
@@ -588,49 +630,73 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn delete_team(&self, team: &str) -> Result<bool> {
-        self.write("delete_team", team, |tx, &team| {
-            Box::pin(async move {
-                exec(
+        self.write_changed(
+            Change::MembershipChanged {
+                group: team.to_string(),
+            },
+            |n| *n,
+            "delete_team",
+            team,
+            |tx, &team| {
+                Box::pin(async move {
+                    exec(
                     tx,
                     "DELETE FROM repo_permissions WHERE subject_kind = 'team' AND subject_id = $1",
                     &[&team],
                 )
                 .await?;
-                exec(tx, "DELETE FROM team_members WHERE team_id = $1", &[&team]).await?;
-                Ok(exec(tx, "DELETE FROM teams WHERE id = $1", &[&team]).await? > 0)
-            })
-        })
+                    exec(tx, "DELETE FROM team_members WHERE team_id = $1", &[&team]).await?;
+                    Ok(exec(tx, "DELETE FROM teams WHERE id = $1", &[&team]).await? > 0)
+                })
+            },
+        )
         .await
     }
 
     async fn add_team_member(&self, team: &str, user: &str) -> Result<()> {
-        self.write("add_team_member", (team, user), |tx, &(team, user)| {
-            Box::pin(async move {
-                exec(
+        self.write_changed(
+            Change::MembershipChanged {
+                group: team.to_string(),
+            },
+            |()| true,
+            "add_team_member",
+            (team, user),
+            |tx, &(team, user)| {
+                Box::pin(async move {
+                    exec(
                     tx,
                     "INSERT INTO team_members (team_id, user_id, created_at) VALUES ($1, $2, $3)
                      ON CONFLICT (team_id, user_id) DO NOTHING",
                     &[&team, &user, &now_millis()],
                 )
                 .await?;
-                Ok(())
-            })
-        })
+                    Ok(())
+                })
+            },
+        )
         .await
     }
 
     async fn remove_team_member(&self, team: &str, user: &str) -> Result<bool> {
-        self.write("remove_team_member", (team, user), |tx, &(team, user)| {
-            Box::pin(async move {
-                let n = exec(
-                    tx,
-                    "DELETE FROM team_members WHERE team_id = $1 AND user_id = $2",
-                    &[&team, &user],
-                )
-                .await?;
-                Ok(n > 0)
-            })
-        })
+        self.write_changed(
+            Change::MembershipChanged {
+                group: team.to_string(),
+            },
+            |n| *n,
+            "remove_team_member",
+            (team, user),
+            |tx, &(team, user)| {
+                Box::pin(async move {
+                    let n = exec(
+                        tx,
+                        "DELETE FROM team_members WHERE team_id = $1 AND user_id = $2",
+                        &[&team, &user],
+                    )
+                    .await?;
+                    Ok(n > 0)
+                })
+            },
+        )
         .await
     }
 
@@ -734,7 +800,10 @@ impl IdentityStore for PostgresStore {
 
     async fn init_visibility(&self, repo: &str, visibility: Visibility) -> Result<()> {
         let (repo, visibility) = (repo.as_bytes(), visibility.as_str());
-        self.write("init_visibility", (repo, visibility), |tx, &(repo, vis)| {
+        self.write_changed(
+            Change::VisibilityChanged { repo: String::from_utf8_lossy(repo).into_owned(), visibility: visibility.to_owned() },
+            |()| true,
+            "init_visibility", (repo, visibility), |tx, &(repo, vis)| {
             Box::pin(async move {
                 exec(
                     tx,
@@ -750,17 +819,26 @@ impl IdentityStore for PostgresStore {
 
     async fn set_visibility(&self, repo: &str, visibility: Visibility) -> Result<bool> {
         let (repo, visibility) = (repo.as_bytes(), visibility.as_str());
-        self.write("set_visibility", (repo, visibility), |tx, &(repo, vis)| {
-            Box::pin(async move {
-                let n = exec(
-                    tx,
-                    "UPDATE repositories SET visibility = $2 WHERE name = $1",
-                    &[&repo, &vis],
-                )
-                .await?;
-                Ok(n > 0)
-            })
-        })
+        self.write_changed(
+            Change::VisibilityChanged {
+                repo: String::from_utf8_lossy(repo).into_owned(),
+                visibility: visibility.to_owned(),
+            },
+            |n| *n,
+            "set_visibility",
+            (repo, visibility),
+            |tx, &(repo, vis)| {
+                Box::pin(async move {
+                    let n = exec(
+                        tx,
+                        "UPDATE repositories SET visibility = $2 WHERE name = $1",
+                        &[&repo, &vis],
+                    )
+                    .await?;
+                    Ok(n > 0)
+                })
+            },
+        )
         .await
     }
 
@@ -911,7 +989,13 @@ impl IdentityStore for PostgresStore {
 
     async fn grant(&self, repo: &str, subject: &GrantSubject, permission: &str) -> Result<bool> {
         let (kind, sid) = subject_cols(subject);
-        self.write(
+        self.write_changed(
+            Change::GrantChanged {
+                repo: repo.to_string(),
+                subject_kind: kind.to_string(),
+                subject: sid.to_string(),
+            },
+            |n| *n,
             "grant",
             (repo, kind, sid, permission),
             |tx, &(repo, kind, sid, permission)| {
@@ -938,7 +1022,13 @@ impl IdentityStore for PostgresStore {
 
     async fn revoke(&self, repo: &str, subject: &GrantSubject) -> Result<bool> {
         let (kind, sid) = subject_cols(subject);
-        self.write(
+        self.write_changed(
+            Change::GrantChanged {
+                repo: repo.to_string(),
+                subject_kind: kind.to_string(),
+                subject: sid.to_string(),
+            },
+            |n| *n,
             "revoke",
             (repo.as_bytes(), kind, sid),
             |tx, &(repo, kind, sid)| {
@@ -991,7 +1081,10 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn create_api_key(&self, key: &ApiKeyRow) -> Result<bool> {
-        self.write("create_api_key", key, |tx, &k| {
+        self.write_changed(
+            Change::CredentialChanged { user: key.user_id.to_string(), credential: "api_key".to_owned() },
+            |n| *n,
+            "create_api_key", key, |tx, &k| {
             Box::pin(async move {
                 let sql = format!(
                     "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -1046,43 +1139,61 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn revoke_api_key(&self, user: &str, id: &str) -> Result<bool> {
-        self.write("revoke_api_key", (user, id), |tx, &(user, id)| {
-            Box::pin(async move {
-                let n = exec(
-                    tx,
-                    "UPDATE api_keys SET revoked_at = $3
+        self.write_changed(
+            Change::CredentialChanged {
+                user: user.to_string(),
+                credential: "api_key".to_owned(),
+            },
+            |n| *n,
+            "revoke_api_key",
+            (user, id),
+            |tx, &(user, id)| {
+                Box::pin(async move {
+                    let n = exec(
+                        tx,
+                        "UPDATE api_keys SET revoked_at = $3
                      WHERE user_id = $1 AND id = $2 AND revoked_at IS NULL",
-                    &[&user, &id, &now_millis()],
-                )
-                .await?;
-                Ok(n > 0)
-            })
-        })
+                        &[&user, &id, &now_millis()],
+                    )
+                    .await?;
+                    Ok(n > 0)
+                })
+            },
+        )
         .await
     }
 
     async fn create_refresh_token(&self, token: &RefreshTokenRow) -> Result<()> {
-        self.write("create_refresh_token", token, |tx, &t| {
-            Box::pin(async move {
-                exec(
-                    tx,
-                    "INSERT INTO refresh_tokens
+        self.write_changed(
+            Change::CredentialChanged {
+                user: token.user_id.to_string(),
+                credential: "refresh_token".to_owned(),
+            },
+            |()| true,
+            "create_refresh_token",
+            token,
+            |tx, &t| {
+                Box::pin(async move {
+                    exec(
+                        tx,
+                        "INSERT INTO refresh_tokens
                         (id, user_id, service, secret_hash, expires_at, created_at, client_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[
-                        &t.id,
-                        &t.user_id,
-                        &t.service,
-                        &t.secret_hash,
-                        &t.expires_at,
-                        &now_millis(),
-                        &t.client_id,
-                    ],
-                )
-                .await?;
-                Ok(())
-            })
-        })
+                        &[
+                            &t.id,
+                            &t.user_id,
+                            &t.service,
+                            &t.secret_hash,
+                            &t.expires_at,
+                            &now_millis(),
+                            &t.client_id,
+                        ],
+                    )
+                    .await?;
+                    Ok(())
+                })
+            },
+        )
         .await
     }
 
@@ -1114,17 +1225,26 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn delete_refresh_token(&self, user: &str, id: &str) -> Result<bool> {
-        self.write("delete_refresh_token", (user, id), |tx, &(user, id)| {
-            Box::pin(async move {
-                let n = exec(
-                    tx,
-                    "DELETE FROM refresh_tokens WHERE user_id = $1 AND id = $2",
-                    &[&user, &id],
-                )
-                .await?;
-                Ok(n > 0)
-            })
-        })
+        self.write_changed(
+            Change::CredentialChanged {
+                user: user.to_string(),
+                credential: "refresh_token".to_owned(),
+            },
+            |n| *n,
+            "delete_refresh_token",
+            (user, id),
+            |tx, &(user, id)| {
+                Box::pin(async move {
+                    let n = exec(
+                        tx,
+                        "DELETE FROM refresh_tokens WHERE user_id = $1 AND id = $2",
+                        &[&user, &id],
+                    )
+                    .await?;
+                    Ok(n > 0)
+                })
+            },
+        )
         .await
     }
 

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{CachedSql as _, SqliteStore};
+use crate::meta::changes::Change;
 use crate::meta::identity::{
     ApiKeyRow, GrantRow, GrantSubject, IdentityStore, ListedOrg, ListedRepo, LoginAdmission,
     LoginLimit, MemberRow, NameConflict, NamespaceKind, NewUser, OrgRow, RefreshTokenRow,
@@ -149,38 +150,45 @@ impl IdentityStore for SqliteStore {
         user: &NewUser,
     ) -> Result<std::result::Result<UserRow, NameConflict>> {
         let user = user.clone();
-        self.write(move |tx| {
-            if let Err(conflict) = claim_name(tx, &user.username, user.adopt)? {
-                return Ok(Err(conflict));
-            }
-            let (ns_id, user_id, now) = (new_id(), new_id(), now_millis());
-            tx.exec(
+        self.write_changed(
+            Change::UserChanged {
+                user: user.username.to_string(),
+                what: "created".to_owned(),
+            },
+            std::result::Result::is_ok,
+            move |tx| {
+                if let Err(conflict) = claim_name(tx, &user.username, user.adopt)? {
+                    return Ok(Err(conflict));
+                }
+                let (ns_id, user_id, now) = (new_id(), new_id(), now_millis());
+                tx.exec(
                 "INSERT INTO namespaces (id, name, kind, created_at) VALUES (?1, ?2, 'user', ?3)",
                 params![ns_id, user.username, now],
             )?;
-            tx.exec(
-                "INSERT INTO users (id, namespace_id, username, email, password_hash, is_admin,
+                tx.exec(
+                    "INSERT INTO users (id, namespace_id, username, email, password_hash, is_admin,
                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![
-                    user_id,
-                    ns_id,
-                    user.username,
-                    user.email,
-                    user.password_hash,
-                    i64::from(user.is_admin),
-                    now
-                ],
-            )?;
-            Ok(Ok(UserRow {
-                id: user_id,
-                username: user.username,
-                email: user.email,
-                password_hash: user.password_hash,
-                is_admin: user.is_admin,
-                created_at: now,
-                credential_generation: 0,
-            }))
-        })
+                    params![
+                        user_id,
+                        ns_id,
+                        user.username,
+                        user.email,
+                        user.password_hash,
+                        i64::from(user.is_admin),
+                        now
+                    ],
+                )?;
+                Ok(Ok(UserRow {
+                    id: user_id,
+                    username: user.username,
+                    email: user.email,
+                    password_hash: user.password_hash,
+                    is_admin: user.is_admin,
+                    created_at: now,
+                    credential_generation: 0,
+                }))
+            },
+        )
         .await
     }
 
@@ -224,7 +232,10 @@ impl IdentityStore for SqliteStore {
 
     async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<bool> {
         let (id, u) = (id.to_owned(), update.clone());
-        self.write(move |tx| {
+        self.write_changed(
+            Change::UserChanged { user: id.to_string(), what: "updated".to_owned() },
+            |n| *n,
+            move |tx| {
             let n = tx.exec(
                 "UPDATE users SET email = coalesce(?2, email), password_hash = coalesce(?3, password_hash),
                     is_admin = coalesce(?4, is_admin), updated_at = ?5,
@@ -242,7 +253,10 @@ impl IdentityStore for SqliteStore {
 
     async fn delete_user(&self, id: &str) -> Result<std::result::Result<bool, String>> {
         let id = id.to_owned();
-        self.write(move |tx| {
+        self.write_changed(
+            Change::UserChanged { user: id.to_string(), what: "deleted".to_owned() },
+            |r| matches!(r, Ok(true)),
+            move |tx| {
             let Some((ns_id, name)): Option<(String, String)> = tx
                 .qrow("SELECT namespace_id, username FROM users WHERE id = ?1", [&id], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -283,7 +297,10 @@ impl IdentityStore for SqliteStore {
         adopt: bool,
     ) -> Result<std::result::Result<OrgRow, NameConflict>> {
         let (name, owner) = (name.to_owned(), owner.to_owned());
-        self.write(move |tx| {
+        self.write_changed(
+            Change::OrgChanged { org: name.to_string(), what: "created".to_owned() },
+            std::result::Result::is_ok,
+            move |tx| {
             if let Err(conflict) = claim_name(tx, &name, adopt)? {
                 return Ok(Err(conflict));
             }
@@ -350,7 +367,10 @@ impl IdentityStore for SqliteStore {
 
     async fn delete_org(&self, id: &str) -> Result<std::result::Result<bool, String>> {
         let id = id.to_owned();
-        self.write(move |tx| {
+        self.write_changed(
+            Change::OrgChanged { org: id.to_string(), what: "deleted".to_owned() },
+            |r| matches!(r, Ok(true)),
+            move |tx| {
             let Some(name): Option<String> = tx
                 .qrow("SELECT name FROM namespaces WHERE id = ?1 AND kind = 'org' AND deleted_at IS NULL", [&id], |r| r.get(0))
                 .optional()?
@@ -373,20 +393,29 @@ impl IdentityStore for SqliteStore {
 
     async fn set_org_member(&self, org: &str, user: &str, role: &str) -> Result<()> {
         let (org, user, role) = (org.to_owned(), user.to_owned(), role.to_owned());
-        self.write(move |tx| {
-            tx.exec(
+        self.write_changed(
+            Change::MembershipChanged {
+                group: org.to_string(),
+            },
+            |()| true,
+            move |tx| {
+                tx.exec(
                 "INSERT INTO org_members (org_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
                 params![org, user, role, now_millis()],
             )?;
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await
     }
 
     async fn remove_org_member(&self, org: &str, user: &str) -> Result<bool> {
         let (org, user) = (org.to_owned(), user.to_owned());
-        self.write(move |tx| {
+        self.write_changed(
+            Change::MembershipChanged { group: org.to_string() },
+            |n| *n,
+            move |tx| {
             tx.exec(
                 "DELETE FROM team_members WHERE user_id = ?2 AND team_id IN (SELECT id FROM teams WHERE org_id = ?1)",
                 [&org, &user],
@@ -417,19 +446,25 @@ impl IdentityStore for SqliteStore {
 
     async fn create_team(&self, org: &str, name: &str) -> Result<Option<TeamRow>> {
         let (org, name) = (org.to_owned(), name.to_owned());
-        self.write(move |tx| {
-            let id = new_id();
-            let n = tx.exec(
-                "INSERT INTO teams (id, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)
+        self.write_changed(
+            Change::MembershipChanged {
+                group: org.to_string(),
+            },
+            Option::is_some,
+            move |tx| {
+                let id = new_id();
+                let n = tx.exec(
+                    "INSERT INTO teams (id, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (org_id, name) DO NOTHING",
-                params![id, org, name, now_millis()],
-            )?;
-            Ok((n > 0).then_some(TeamRow {
-                id,
-                org_id: org,
-                name,
-            }))
-        })
+                    params![id, org, name, now_millis()],
+                )?;
+                Ok((n > 0).then_some(TeamRow {
+                    id,
+                    org_id: org,
+                    name,
+                }))
+            },
+        )
         .await
     }
 
@@ -472,38 +507,56 @@ impl IdentityStore for SqliteStore {
 
     async fn delete_team(&self, team: &str) -> Result<bool> {
         let team = team.to_owned();
-        self.write(move |tx| {
-            tx.exec(
-                "DELETE FROM repo_permissions WHERE subject_kind = 'team' AND subject_id = ?1",
-                [&team],
-            )?;
-            tx.exec("DELETE FROM team_members WHERE team_id = ?1", [&team])?;
-            Ok(tx.exec("DELETE FROM teams WHERE id = ?1", [&team])? > 0)
-        })
+        self.write_changed(
+            Change::MembershipChanged {
+                group: team.to_string(),
+            },
+            |n| *n,
+            move |tx| {
+                tx.exec(
+                    "DELETE FROM repo_permissions WHERE subject_kind = 'team' AND subject_id = ?1",
+                    [&team],
+                )?;
+                tx.exec("DELETE FROM team_members WHERE team_id = ?1", [&team])?;
+                Ok(tx.exec("DELETE FROM teams WHERE id = ?1", [&team])? > 0)
+            },
+        )
         .await
     }
 
     async fn add_team_member(&self, team: &str, user: &str) -> Result<()> {
         let (team, user) = (team.to_owned(), user.to_owned());
-        self.write(move |tx| {
-            tx.exec(
-                "INSERT INTO team_members (team_id, user_id, created_at) VALUES (?1, ?2, ?3)
+        self.write_changed(
+            Change::MembershipChanged {
+                group: team.to_string(),
+            },
+            |()| true,
+            move |tx| {
+                tx.exec(
+                    "INSERT INTO team_members (team_id, user_id, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (team_id, user_id) DO NOTHING",
-                params![team, user, now_millis()],
-            )?;
-            Ok(())
-        })
+                    params![team, user, now_millis()],
+                )?;
+                Ok(())
+            },
+        )
         .await
     }
 
     async fn remove_team_member(&self, team: &str, user: &str) -> Result<bool> {
         let (team, user) = (team.to_owned(), user.to_owned());
-        self.write(move |tx| {
-            Ok(tx.exec(
-                "DELETE FROM team_members WHERE team_id = ?1 AND user_id = ?2",
-                [team, user],
-            )? > 0)
-        })
+        self.write_changed(
+            Change::MembershipChanged {
+                group: team.to_string(),
+            },
+            |n| *n,
+            move |tx| {
+                Ok(tx.exec(
+                    "DELETE FROM team_members WHERE team_id = ?1 AND user_id = ?2",
+                    [team, user],
+                )? > 0)
+            },
+        )
         .await
     }
 
@@ -580,24 +633,38 @@ impl IdentityStore for SqliteStore {
 
     async fn init_visibility(&self, repo: &str, visibility: Visibility) -> Result<()> {
         let repo = repo.to_owned();
-        self.write(move |tx| {
-            tx.exec(
+        self.write_changed(
+            Change::VisibilityChanged {
+                repo: repo.to_string(),
+                visibility: visibility.as_str().to_string(),
+            },
+            |()| true,
+            move |tx| {
+                tx.exec(
                 "UPDATE repositories SET visibility = ?2 WHERE name = ?1 AND visibility IS NULL",
                 params![repo, visibility.as_str()],
             )?;
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await
     }
 
     async fn set_visibility(&self, repo: &str, visibility: Visibility) -> Result<bool> {
         let repo = repo.to_owned();
-        self.write(move |tx| {
-            Ok(tx.exec(
-                "UPDATE repositories SET visibility = ?2 WHERE name = ?1",
-                params![repo, visibility.as_str()],
-            )? > 0)
-        })
+        self.write_changed(
+            Change::VisibilityChanged {
+                repo: repo.to_string(),
+                visibility: visibility.as_str().to_string(),
+            },
+            |n| *n,
+            move |tx| {
+                Ok(tx.exec(
+                    "UPDATE repositories SET visibility = ?2 WHERE name = ?1",
+                    params![repo, visibility.as_str()],
+                )? > 0)
+            },
+        )
         .await
     }
 
@@ -699,7 +766,10 @@ impl IdentityStore for SqliteStore {
         let (repo, permission) = (repo.to_owned(), permission.to_owned());
         let (kind, sid) = subject_cols(subject);
         let sid = sid.to_owned();
-        self.write(move |tx| {
+        self.write_changed(
+            Change::GrantChanged { repo: repo.to_string(), subject_kind: kind.to_string(), subject: sid.to_string() },
+            |n| *n,
+            move |tx| {
             let Some(id): Option<String> =
                 tx.qrow("SELECT id FROM repositories WHERE name = ?1", [&repo], |r| r.get(0)).optional()?
             else {
@@ -720,13 +790,21 @@ impl IdentityStore for SqliteStore {
         let repo = repo.to_owned();
         let (kind, sid) = subject_cols(subject);
         let sid = sid.to_owned();
-        self.write(move |tx| {
-            Ok(tx.exec(
-                "DELETE FROM repo_permissions WHERE subject_kind = ?2 AND subject_id = ?3
+        self.write_changed(
+            Change::GrantChanged {
+                repo: repo.to_string(),
+                subject_kind: kind.to_string(),
+                subject: sid.to_string(),
+            },
+            |n| *n,
+            move |tx| {
+                Ok(tx.exec(
+                    "DELETE FROM repo_permissions WHERE subject_kind = ?2 AND subject_id = ?3
                    AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
-                params![repo, kind, sid],
-            )? > 0)
-        })
+                    params![repo, kind, sid],
+                )? > 0)
+            },
+        )
         .await
     }
 
@@ -756,7 +834,10 @@ impl IdentityStore for SqliteStore {
 
     async fn create_api_key(&self, key: &ApiKeyRow) -> Result<bool> {
         let k = key.clone();
-        self.write(move |tx| {
+        self.write_changed(
+            Change::CredentialChanged { user: key.user_id.to_string(), credential: "api_key".to_owned() },
+            |n| *n,
+            move |tx| {
             let n = tx.exec(
                 &format!(
                     "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -796,7 +877,10 @@ impl IdentityStore for SqliteStore {
 
     async fn revoke_api_key(&self, user: &str, id: &str) -> Result<bool> {
         let (user, id) = (user.to_owned(), id.to_owned());
-        self.write(move |tx| {
+        self.write_changed(
+            Change::CredentialChanged { user: user.to_string(), credential: "api_key".to_owned() },
+            |n| *n,
+            move |tx| {
             Ok(tx.exec(
                 "UPDATE api_keys SET revoked_at = ?3 WHERE user_id = ?1 AND id = ?2 AND revoked_at IS NULL",
                 params![user, id, now_millis()],
@@ -807,7 +891,10 @@ impl IdentityStore for SqliteStore {
 
     async fn create_refresh_token(&self, token: &RefreshTokenRow) -> Result<()> {
         let t = token.clone();
-        self.write(move |tx| {
+        self.write_changed(
+            Change::CredentialChanged { user: token.user_id.to_string(), credential: "refresh_token".to_owned() },
+            |()| true,
+            move |tx| {
             tx.exec(
                 "INSERT INTO refresh_tokens (id, user_id, service, secret_hash, expires_at, created_at, client_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -845,12 +932,19 @@ impl IdentityStore for SqliteStore {
 
     async fn delete_refresh_token(&self, user: &str, id: &str) -> Result<bool> {
         let (user, id) = (user.to_owned(), id.to_owned());
-        self.write(move |tx| {
-            Ok(tx.exec(
-                "DELETE FROM refresh_tokens WHERE user_id = ?1 AND id = ?2",
-                [&user, &id],
-            )? > 0)
-        })
+        self.write_changed(
+            Change::CredentialChanged {
+                user: user.to_string(),
+                credential: "refresh_token".to_owned(),
+            },
+            |n| *n,
+            move |tx| {
+                Ok(tx.exec(
+                    "DELETE FROM refresh_tokens WHERE user_id = ?1 AND id = ?2",
+                    [&user, &id],
+                )? > 0)
+            },
+        )
         .await
     }
 
